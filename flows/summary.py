@@ -1,0 +1,180 @@
+"""The run summary: per stage what was computed or reused, the metrics, the compute figures, and where the
+files are. Printed by the CLI, written to the run's output folder and published as Prefect artifacts."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cirflow.schemas.config import RunConfig
+from cirflow.storage import Artifact, ArtifactStore
+
+
+@dataclass
+class RunSummary:
+    config: RunConfig
+    started: float
+    groups: dict[str, list[Artifact]] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, config: RunConfig) -> "RunSummary":
+        return cls(config, time.perf_counter())
+
+    def add_group(self, label: str, artifacts: list[Artifact]) -> None:
+        self.groups[label] = artifacts
+
+
+def _group_metrics(evaluate: Artifact) -> dict[str, float]:
+    t = evaluate.read("data")
+    return {m: v for g, m, v in zip(*(t.column(c).to_pylist() for c in ("group", "metric", "value"))) if g == "all"}
+
+
+def _average(per_group: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Fashion-IQ reports the mean of per-category recalls, GeneCIS the mean R@1 over tasks: a plain mean of
+    each metric that every group has."""
+    groups = list(per_group.values())
+    if len(groups) == 1:
+        return dict(groups[0])
+    common = set.intersection(*(set(g) for g in groups)) if groups else set()
+    return {m: sum(g[m] for g in groups) / len(groups) for m in sorted(common)}
+
+
+def _peak_gpu_memory() -> float | None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    except Exception:  # noqa: BLE001 - a summary must not fail on a missing driver
+        return None
+    return None
+
+
+def build(summary: RunSummary, store: ArtifactStore) -> dict:
+    cfg = summary.config
+    stages, per_group, files = [], {}, {}
+    n_queries = 0
+    for label, arts in summary.groups.items():
+        for a in arts:
+            rep = a.report.as_dict() if a.report else {"stage": a.stage, "key": a.key, "status": "cached"}
+            rep["label"] = label
+            rep["timings"] = a.manifest.timings
+            stages.append(rep)
+        per_group[label] = _group_metrics(arts[-1])
+        files[label] = [arts[-1].file_path(f.name) for f in arts[-1].manifest.files]
+        n_queries += arts[0].manifest.stats.get("queries", 0)
+    wall = time.perf_counter() - summary.started
+    computed = sum(s["seconds"] for s in stages if s["status"] != "cached")
+    return {
+        "run": cfg.name, "method": cfg.method, "benchmark": cfg.benchmark.name, "split": cfg.benchmark.split,
+        "store": store.url,
+        "encoder": {"model": cfg.encoder.model, "pretrained": cfg.encoder.pretrained},
+        "mllm": {"backend": cfg.mllm.backend, "model": cfg.mllm.model},
+        "stages": stages,
+        "metrics": _average(per_group),
+        "groups": per_group if len(per_group) > 1 else {},
+        "submission_files": files,
+        "compute": {"wall_seconds": round(wall, 3), "stage_seconds_computed": round(computed, 3),
+                    "queries": n_queries,
+                    "end_to_end_seconds_per_query": round(computed / n_queries, 5) if n_queries else None,
+                    "peak_gpu_memory_gib": _peak_gpu_memory()},
+        "deviations": ["circo_exclude_reference"] if cfg.retrieve.circo_exclude_reference else [],
+    }
+
+
+def stages_markdown(doc: dict) -> str:
+    lines = ["| group | stage | status | shards computed | shards skipped | seconds | key |", "|---|---|---|--:|--:|--:|---|"]
+    for s in doc["stages"]:
+        lines.append(f"| {s['label']} | {s['stage']} | {s['status']} | {s['shards_computed']} | {s['shards_skipped']} "
+                     f"| {s['seconds']:.2f} | {s['key'][:12]} |")
+    return "\n".join(lines)
+
+
+def metrics_markdown(doc: dict) -> str:
+    # a merged summary (several benchmarks) has no common "all" row: one row per benchmark instead
+    rows = ([] if "runs" in doc else [("all", doc["metrics"])]) + sorted(doc["groups"].items())
+    names = list(dict.fromkeys(m for _, g in rows for m in g))
+    lines = ["| group | " + " | ".join(names) + " |", "|---|" + "--:|" * len(names)]
+    for label, vals in rows:
+        lines.append(f"| {label} | " + " | ".join(f"{vals[m]:.2f}" if m in vals else "" for m in names) + " |")
+    return "\n".join(lines)
+
+
+def _metrics_csv(doc: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["group", "metric", "value"])
+    for label, vals in [("all", doc["metrics"])] + sorted(doc["groups"].items()):
+        for m, v in vals.items():
+            w.writerow([label, m, f"{v:.6f}"])
+    return buf.getvalue()
+
+
+def publish(summary: RunSummary, store: ArtifactStore) -> dict:
+    """Write the run folder (summary.json, metrics.md/.csv, submission files) and Prefect table artifacts."""
+    doc = build(summary, store)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(summary.config.output_dir) / summary.config.name / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for label, paths in doc["submission_files"].items():
+        for p in paths:
+            name = Path(p).name
+            dest = out / "submissions" / label.replace("/", "-") / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(store.read_bytes(p))
+            copied.append(str(dest))
+    doc["output_dir"] = str(out)
+    doc["submission_files"] = copied
+    (out / "metrics.md").write_text(metrics_markdown(doc) + "\n")
+    (out / "metrics.csv").write_text(_metrics_csv(doc))
+    (out / "stages.md").write_text(stages_markdown(doc) + "\n")
+    (out / "summary.json").write_text(json.dumps(doc, indent=2))
+    _prefect_artifacts(doc)
+    return doc
+
+
+def _prefect_artifacts(doc: dict) -> None:
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is None:  # called outside a flow run (plain-Python use): nothing to attach to
+        return
+    key = "".join(c if c.isalnum() else "-" for c in doc["run"].lower()).strip("-") or "run"
+    create_table_artifact(table=[{"group": "all", **doc["metrics"]}] +
+                          [{"group": g, **m} for g, m in sorted(doc["groups"].items())],
+                          key=f"{key}-metrics", description=f"{doc['method']} on {doc['benchmark']}")
+    create_markdown_artifact(markdown=stages_markdown(doc), key=f"{key}-stages",
+                             description="per-stage computed / cached / resumed")
+
+
+def merge(docs: list[dict]) -> dict:
+    """Several runs (the demo's CIRR and CIRCO) as one summary of the same shape: stages labelled by
+    benchmark, metrics prefixed by benchmark."""
+    if len(docs) == 1:
+        return docs[0]
+    out = dict(docs[0])
+    out["run"] = "+".join(d["run"] for d in docs)
+    out["benchmark"] = "+".join(d["benchmark"] for d in docs)
+    out["stages"] = [s | {"label": f"{d['benchmark']}:{s['label']}" if s["label"] != d["benchmark"] else s["label"]}
+                     for d in docs for s in d["stages"]]
+    out["metrics"] = {f"{d['benchmark']}/{m}": v for d in docs for m, v in d["metrics"].items()}
+    out["groups"] = {d["benchmark"]: d["metrics"] for d in docs}
+    out["submission_files"] = [f for d in docs for f in d["submission_files"]]
+    out["output_dir"] = [d["output_dir"] for d in docs]
+    out["runs"] = [{"run": d["run"], "benchmark": d["benchmark"], "output_dir": d["output_dir"],
+                    "metrics": d["metrics"]} for d in docs]
+    c = [d["compute"] for d in docs]
+    out["compute"] = {"wall_seconds": round(sum(x["wall_seconds"] for x in c), 3),
+                      "stage_seconds_computed": round(sum(x["stage_seconds_computed"] for x in c), 3),
+                      "queries": sum(x["queries"] for x in c),
+                      "end_to_end_seconds_per_query": None, "peak_gpu_memory_gib": c[0]["peak_gpu_memory_gib"]}
+    q = out["compute"]["queries"]
+    if q:
+        out["compute"]["end_to_end_seconds_per_query"] = round(out["compute"]["stage_seconds_computed"] / q, 5)
+    return out

@@ -1,0 +1,87 @@
+"""The manifest: the one JSON file that makes an artifact exist.
+
+Written last, after every shard is committed, so a folder without `_manifest.json` is an unfinished run.
+"""
+
+from __future__ import annotations
+
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST = "_manifest.json"
+COMMITS = "_commits"
+
+# Libraries whose versions can change an artifact's content; recorded, not keyed.
+TRACKED_LIBRARIES = (
+    "cirflow", "torch", "open_clip_torch", "transformers", "diffusers", "faiss-cpu", "faiss-gpu",
+    "pyarrow", "polars", "numpy", "prefect", "vllm",
+)
+
+
+class ShardRecord(BaseModel):
+    """Commit record of one shard; also the manifest's entry for it."""
+
+    model_config = ConfigDict(extra="forbid")
+    table: str
+    name: str  # file name inside the artifact folder
+    rows: int
+    start: int  # input row range this shard covers (resume checks it still matches the plan)
+    stop: int
+    sha256: str
+    bytes: int
+    seconds: float = 0.0
+
+
+class FileRecord(BaseModel):
+    """A non-table file of an artifact (submission JSON, an image, an index)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    sha256: str
+    bytes: int
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stage: str
+    key: str
+    version: str
+    params: dict[str, Any]
+    inputs: dict[str, str]
+    schemas: dict[str, str] = Field(default_factory=dict)  # table -> Arrow schema as text
+    shards: list[ShardRecord] = Field(default_factory=list)
+    files: list[FileRecord] = Field(default_factory=list)
+    stats: dict[str, Any] = Field(default_factory=dict)  # stage-specific counts: failures, fallbacks, ...
+    timings: dict[str, float] = Field(default_factory=dict)
+    runtime: dict[str, Any] = Field(default_factory=dict)  # shard size, batch size, device: not in the key
+    libraries: dict[str, str] = Field(default_factory=dict)
+    host: dict[str, str] = Field(default_factory=dict)
+    created_at: str = ""
+
+    def rows(self, table: str = "data") -> int:
+        return sum(s.rows for s in self.shards if s.table == table)
+
+    def tables(self) -> list[str]:
+        return sorted({s.table for s in self.shards} | set(self.schemas))
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in TRACKED_LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def host_info() -> dict[str, str]:
+    return {"python": platform.python_version(), "machine": platform.machine(), "system": platform.system()}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny random-weight models and the generated mini benchmark, built once per session, and a
+Prefect test server for the flow tests. Everything is local and offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def shared_benchmarks() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"the real annotation files are expected at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    from cirflow.models.tiny import build_tiny_open_clip, build_tiny_qwen25vl
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {"mllm": build_tiny_qwen25vl(root / "qwen"), "encoder": build_tiny_open_clip(root / "clip"),
+            "encoder_b": build_tiny_open_clip(root / "clip-b", seed=1)}
+
+
+@pytest.fixture(scope="session")
+def mini_bench(tmp_path_factory) -> dict[str, Path]:
+    from cirflow.demo.mini_benchmark import build_mini_benchmark
+
+    return build_mini_benchmark(tmp_path_factory.mktemp("mini-bench"))
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A temporary Prefect server (SQLite) for flow tests; about 10-20 s to start on 2 cores."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
