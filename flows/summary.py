@@ -29,12 +29,12 @@ class RunSummary:
         self.groups[label] = artifacts
 
 
-def _group_metrics(evaluate: Artifact) -> dict[str, float]:
+def group_metrics(evaluate: Artifact) -> dict[str, float]:
     t = evaluate.read("data")
     return {m: v for g, m, v in zip(*(t.column(c).to_pylist() for c in ("group", "metric", "value"))) if g == "all"}
 
 
-def _average(per_group: dict[str, dict[str, float]]) -> dict[str, float]:
+def average_groups(per_group: dict[str, dict[str, float]]) -> dict[str, float]:
     """Fashion-IQ reports the mean of per-category recalls, GeneCIS the mean R@1 over tasks: a plain mean of
     each metric that every group has."""
     groups = list(per_group.values())
@@ -65,7 +65,7 @@ def build(summary: RunSummary, store: ArtifactStore) -> dict:
             rep["label"] = label
             rep["timings"] = a.manifest.timings
             stages.append(rep)
-        per_group[label] = _group_metrics(arts[-1])
+        per_group[label] = group_metrics(arts[-1])
         files[label] = [arts[-1].file_path(f.name) for f in arts[-1].manifest.files]
         n_queries += arts[0].manifest.stats.get("queries", 0)
     wall = time.perf_counter() - summary.started
@@ -76,7 +76,7 @@ def build(summary: RunSummary, store: ArtifactStore) -> dict:
         "encoder": {"model": cfg.encoder.model, "pretrained": cfg.encoder.pretrained},
         "mllm": {"backend": cfg.mllm.backend, "model": cfg.mllm.model},
         "stages": stages,
-        "metrics": _average(per_group),
+        "metrics": average_groups(per_group),
         "groups": per_group if len(per_group) > 1 else {},
         "submission_files": files,
         "compute": {"wall_seconds": round(wall, 3), "stage_seconds_computed": round(computed, 3),

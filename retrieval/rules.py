@@ -13,9 +13,13 @@ Tie rules (deterministic, written into the metadata):
 - GeneCIS: score descending, then candidate position *descending*, so on equal scores the target ranks last:
   a degenerate model that scores everything equally gets Recall@1 = 0, never a free hit.
 
+Images absent from image_ids (the retrieve stage leaves out images that failed to embed) cannot be scored:
+they get score -inf, so a missing CIRR member or GeneCIS candidate ranks last (a missing target is a miss,
+never a crash or a silent hit), and a missing reference needs no removal. Their count is in the metadata.
+
 The table's schema metadata (key b"cirflow.ranking", JSON; read it with `ranking_info`) records which search
 produced the lists: {"search": {"kind": "exact" | "flat" | "ivf" | "hnsw", "approximate": bool, "gpu": bool, ...},
-"benchmark", "k", "reference_removed", "circo_exclude_reference", "tie_rule", "scores"}. Parquet written with
+"benchmark", "k", "reference_removed", "circo_exclude_reference", "tie_rule", "scores", "missing_images"}. Parquet written with
 pyarrow keeps it; polars drops schema metadata.
 """
 
@@ -169,7 +173,7 @@ def _faiss_topk(q, g, k, exclude, cfg: IndexConfig):
 def _rank(benchmark, queries, source, image_ids, in_gallery, k, cfg, circo_exclude_reference) -> pa.Table:
     family = benchmark_family(benchmark)
     ids = np.asarray([str(x) for x in image_ids], dtype=object)
-    pos = _positions(ids)
+    pos = _Lookup(ids)
     meta = {"benchmark": family, "benchmark_name": benchmark, "k": int(k), "scores": source.kind,
             "reference_removed": family == "cirr" or (family == "circo" and circo_exclude_reference),
             "circo_exclude_reference": bool(circo_exclude_reference) if family == "circo" else None}
@@ -183,6 +187,8 @@ def _rank(benchmark, queries, source, image_ids, in_gallery, k, cfg, circo_exclu
         ranked, scores, subset, search = _gallery(family, queries, source, ids, pos, in_gallery, k, cfg,
                                                   meta["reference_removed"])
         meta |= {"search": search, "tie_rule": GALLERY_TIE_RULE}
+    meta["missing_images"] = len(pos.missing)  # referenced ids absent from image_ids, scored -inf
+    meta["missing_examples"] = sorted(pos.missing)[:5]
     table = pa.table(
         {"query_id": qids, "ranked_ids": ranked, "scores": scores, "subset_ids": subset}, schema=RANKINGS
     )
@@ -203,7 +209,8 @@ def _gallery(family, queries, source, ids, pos, in_gallery, k, cfg, remove_refer
         # reference position inside the gallery (-1 when the reference is not a gallery image: nothing to remove)
         in_gal_pos = np.full(len(ids), -1, np.int64)
         in_gal_pos[gallery_idx] = np.arange(len(gallery_idx))
-        exclude = np.array([in_gal_pos[_lookup(pos, r, "reference_id")] for r in refs], dtype=np.int64)
+        # (a reference absent from image_ids cannot be ranked either: nothing to remove)
+        exclude = np.array([in_gal_pos[i] if (i := pos(r)) >= 0 else -1 for r in refs], dtype=np.int64)
         if (exclude >= 0).any():
             k_sel = min(int(k), len(gallery_idx) - 1)  # never let a masked -inf reference fill the last slot
     s, gi, search = source.gallery_topk(gallery_idx, k_sel, exclude, cfg)
@@ -222,9 +229,10 @@ def _cirr_subset(qi: int, ref: str, members, source, pos) -> list[str]:
     others = [str(m) for m in (members or []) if str(m) != ref]
     if not others:
         return []
-    cols = np.array([_lookup(pos, m, "members") for m in others], dtype=np.int64)
-    s = source.pairs(qi, cols)
-    order = np.lexsort((cols, -s.astype(np.float64)))  # score desc, then image index asc
+    cols = np.array([pos(m) for m in others], dtype=np.int64)
+    s = pos.scores(source, qi, cols)
+    # score desc, then image index asc (absent members: -inf, last, in annotation order)
+    order = np.lexsort((np.where(cols >= 0, cols, np.iinfo(np.int64).max), -s.astype(np.float64)))
     return [others[j] for j in order]
 
 
@@ -233,8 +241,8 @@ def _genecis(queries, source, pos):
     for qi, cands in enumerate(queries.column("candidate_ids").to_pylist()):
         if not cands:
             raise CirflowError(f"genecis query row {qi}: candidate_ids is empty")
-        cols = np.array([_lookup(pos, c, "candidate_ids") for c in cands], dtype=np.int64)
-        s = np.asarray(source.pairs(qi, cols), dtype=np.float32)
+        cols = np.array([pos(c) for c in cands], dtype=np.int64)
+        s = pos.scores(source, qi, cols)
         positions = np.arange(len(cols))
         order = np.lexsort((-positions, -s.astype(np.float64)))  # score desc, then position desc
         ranked.append([str(p) for p in positions[order]])
@@ -242,18 +250,29 @@ def _genecis(queries, source, pos):
     return ranked, scores
 
 
-def _positions(ids: np.ndarray) -> dict[str, int]:
-    pos = {x: i for i, x in enumerate(ids)}
-    if len(pos) != len(ids):
-        raise CirflowError("image_ids contains duplicates: every image must appear once in the IMAGES table")
-    return pos
+class _Lookup:
+    """image_id -> row in image_ids; ids that are absent (e.g. images that failed to embed) map to -1 and are
+    counted, so the metadata shows how many referenced images could not be scored."""
 
+    def __init__(self, ids: np.ndarray):
+        self.pos = {x: i for i, x in enumerate(ids)}
+        if len(self.pos) != len(ids):
+            raise CirflowError("image_ids contains duplicates: every image must appear once in the IMAGES table")
+        self.missing: set[str] = set()
 
-def _lookup(pos: dict[str, int], image_id: str, field: str) -> int:
-    try:
-        return pos[str(image_id)]
-    except KeyError:
-        raise CirflowError(f"{field} refers to image {image_id!r}, which is not in the images table") from None
+    def __call__(self, image_id) -> int:
+        i = self.pos.get(str(image_id), -1)
+        if i < 0:
+            self.missing.add(str(image_id))
+        return i
+
+    def scores(self, source, qi: int, cols: np.ndarray) -> np.ndarray:
+        """Similarities of query qi to image rows `cols`; -inf for absent images (they rank last)."""
+        out = np.full(len(cols), -np.inf, np.float32)
+        ok = cols >= 0
+        if ok.any():
+            out[ok] = source.pairs(qi, cols[ok])
+        return out
 
 
 def _check_rows(queries: pa.Table, n: int, what: str) -> None:

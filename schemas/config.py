@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cirflow.schemas.encoder import EncoderConfig
 from cirflow.schemas.errors import ConfigError
@@ -51,6 +51,15 @@ class ComposeConfig(Strict):
     fallback: Literal["modification", "fail"] = "modification"  # what T→I embeds when the MLLM failed on a query
 
 
+class CaptionConfig(Strict):
+    """caption_images: the MLLM describes gallery images once per (model, prompt, params) for T→T and I→T."""
+
+    prompt: str | None = None  # a template file; default: the benchmark's file in cirflow/prompts
+    sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(
+        temperature=0.1, top_p=0.9, top_k=50, max_tokens=128, seed=0))
+    shard_size: int = 256
+
+
 class EmbedConfig(Strict):
     shard_size: int = 4096
 
@@ -61,9 +70,14 @@ class RetrieveConfig(Strict):
     circo_exclude_reference: bool = False  # protocol deviation: recorded in the key and the run summary
 
 
+Mode = Literal["t2i", "i2i", "t2t", "i2t"]
+
+
 class RunConfig(Strict):
-    name: str = "pefuse-t2i"
-    method: Literal["pefuse_t2i"] = "pefuse_t2i"
+    name: str = "pefuse"
+    # pefuse_t2i is kept as the name of the text→image-only method; it is pefuse with mode t2i
+    method: Literal["pefuse", "pefuse_t2i"] = "pefuse"
+    mode: Mode = "t2i"  # PEFUSE §3: text→image, image→image, text→text, image→text
     store: str = ".cirflow/store"  # any fsspec URL
     storage_options: dict = Field(default_factory=dict)
     output_dir: str = ".cirflow/runs"  # submission files, metrics tables, run summaries
@@ -71,8 +85,18 @@ class RunConfig(Strict):
     mllm: MLLMConfig
     encoder: EncoderConfig
     compose: ComposeConfig = Field(default_factory=ComposeConfig)
+    caption: CaptionConfig = Field(default_factory=CaptionConfig)
+    diffusion: dict | None = None  # TODO(wire): DiffusionConfig once schemas/diffusion.py lands
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig)
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> "RunConfig":
+        if self.method == "pefuse_t2i" and self.mode != "t2i":
+            raise ValueError("method pefuse_t2i runs mode t2i only; use method: pefuse for other modes")
+        if self.mode in ("i2i", "i2t") and self.diffusion is None:
+            raise ValueError(f"mode {self.mode} generates query images: add a diffusion section")
+        return self
 
     @field_validator("storage_options")
     @classmethod

@@ -51,6 +51,24 @@ TEXTS = pa.schema(
 )
 
 
+# Images a model generated (diffusion edits, layout proxies), stored as files beside the table that indexes them.
+GENERATED_IMAGES = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),  # query_id (or image_id) the image was generated for
+        pa.field("sample", pa.int32(), nullable=False),  # 0..N-1 images per item
+        pa.field("file", pa.string()),  # path relative to the artifact folder; null when status != "ok"
+        pa.field("sha256", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("seed", pa.int64(), nullable=False),  # the generator seed of this one image
+        pa.field("prompt", pa.string()),  # the conditioning text actually used
+        pa.field("status", pa.string(), nullable=False),  # "ok" | "failed"
+        pa.field("error", pa.string()),
+        pa.field("seconds", pa.float32()),
+    ]
+)
+
+
 def embeddings_schema(dim: int, dtype: pa.DataType = pa.float32()) -> pa.Schema:
     return pa.schema(
         [

@@ -183,6 +183,13 @@ class StageRun:
         self._files[name] = rec
         return rec
 
+    def write_blob(self, name: str, data: bytes) -> tuple[str, int]:
+        """A per-item file (a generated image) whose checksum the stage keeps in its own index table rather
+        than in the manifest: write blobs first, then commit the shard that indexes them, so a committed
+        shard always points at complete files. Returns (sha256, size)."""
+        self.store.write_atomic(self.store.path(self.stage, self.key, safe_relpath(name)), data)
+        return sha256_bytes(data), len(data)
+
     def finish(self, stats: Mapping[str, Any] | None = None, timings: Mapping[str, float] | None = None) -> Artifact:
         if self.cached:
             return self.artifact

@@ -162,6 +162,13 @@ class Artifact:
             raise StoreError(f"{self!r} has no file {name!r}")
         return self._checked_bytes(name, rec.sha256, rec.bytes)
 
+    def read_blob(self, name: str, sha256: str | None = None) -> bytes:
+        """A per-item file indexed by one of the artifact's tables (see StageRun.write_blob)."""
+        data = self.store.read_bytes(self.store.path(self.stage, self.key, safe_relpath(name)))
+        if sha256 is not None and sha256_bytes(data) != sha256:
+            raise StoreError(f"{self.stage}/{self.key[:12]}/{name}: checksum mismatch, file is corrupt")
+        return data
+
     def file_path(self, name: str) -> str:
         return self.store.path(self.stage, self.key, name)
 

@@ -159,6 +159,29 @@ def test_genecis_ranks_all_candidates_by_score():
         np.testing.assert_allclose(sc, expect, rtol=1e-5, atol=1e-6)
 
 
+def test_absent_images_score_minus_inf_and_are_counted(cirr):
+    queries, q, ids, img, in_gallery = cirr
+    members = queries.column("members").to_pylist()
+    refs = queries.column("reference_id").to_pylist()
+    gone = next(m for m in members[0] if m != refs[0])  # a non-reference member of query 0 failed to embed
+    keep = [i for i, x in enumerate(ids) if x not in (gone, refs[1])]  # and query 1's reference too
+    out = rank_queries("cirr", queries, q, [ids[i] for i in keep], img[keep], in_gallery[keep], k=10)
+    sub0 = out.column("subset_ids").to_pylist()[0]
+    assert len(sub0) == 5 and sub0[-1] == gone
+    assert all(gone not in r for r in out.column("ranked_ids").to_pylist())
+    info = ranking_info(out)
+    assert info["missing_images"] == 2 and gone in info["missing_examples"]
+
+    gq, gids, gimg = _genecis_case(np.random.default_rng(9))
+    target0 = gq.column("candidate_ids").to_pylist()[0][0]
+    keep = [i for i, x in enumerate(gids) if x != target0]
+    pos = {x: i for i, x in enumerate(gids)}
+    qv = np.stack([gimg[pos[c[0]]] for c in gq.column("candidate_ids").to_pylist()])
+    g_out = rank_queries("genecis", gq, qv, [gids[i] for i in keep], gimg[keep], np.zeros(len(keep), bool))
+    first = g_out.column("ranked_ids").to_pylist()[0]
+    assert first[-1] == "0" and g_out.column("scores").to_pylist()[0][-1] == float("-inf")
+
+
 def test_faiss_flat_equals_exact(cirr):
     queries, q, ids, img, in_gallery = cirr
     exact = rank_queries("cirr", queries, q, ids, img, in_gallery, k=20)

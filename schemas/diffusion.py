@@ -1,0 +1,123 @@
+"""Config of the image-editing diffusion backend (cirflow.models.diffusion) and the part of it in a stage key.
+
+PEFUSE's diffusion branch edits the reference image with InstructPix2Pix, SDXL-InstructPix2Pix or SDXL-Turbo
+(img2img), conditioned either on the raw modification text or on the MLLM-composed target description.
+Paper defaults: guidance 7.5, image guidance 3.0, 30 steps, 768 x 768; SDXL-Turbo strength 0.5, guidance 0.
+
+`key_fields()` answers "which weights and which sampler produced these images?". For a local checkpoint folder
+the revision is a sha256 over every weight/config/tokenizer file in it (cached by path, size and mtime through
+cirflow.schemas.encoder.file_sha256), so overwriting a checkpoint in place changes the key. For a hub id it is
+the requested revision plus the snapshot commit found in the local HF cache. Device and batch size are left
+out: they change speed, not the images (generators are per image and on the CPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cirflow.schemas.encoder import file_sha256
+
+Pipeline = Literal["instruct_pix2pix", "sdxl_instruct_pix2pix", "sdxl_turbo_img2img"]
+
+# Files of a diffusers checkpoint folder that decide its outputs: weights, component configs, tokenizers.
+_HASHED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".txt", ".model")
+_IGNORED_NAMES = {"cirflow_tiny.json", "README.md", ".gitattributes"}
+
+
+class DiffusionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: Pipeline
+    model: str  # HF id ("timbrooks/instruct-pix2pix", "stabilityai/sdxl-turbo") or a local save_pretrained dir
+    revision: str | None = None  # hub branch/tag/commit; ignored for local dirs (their files are hashed)
+    variant: str | None = None  # weight file variant, e.g. "fp16"
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    # diffusers scheduler class name replacing the checkpoint's (built from its config), e.g.
+    # "EulerAncestralDiscreteScheduler"; scheduler_config overrides single entries (e.g. timestep_spacing).
+    scheduler: str | None = None
+    scheduler_config: dict[str, Any] = Field(default_factory=dict)
+    batch_size: int = Field(4, ge=1)
+    resolution: int = Field(768, ge=8, multiple_of=8)  # inputs are resized to resolution x resolution
+    guidance_scale: float = Field(7.5, ge=0.0)
+    image_guidance_scale: float = Field(3.0, ge=0.0)  # InstructPix2Pix variants only
+    num_inference_steps: int = Field(30, ge=1)
+    strength: float = Field(0.5, gt=0.0, le=1.0)  # sdxl_turbo_img2img only
+    num_images: int = Field(1, ge=1)  # images generated per query
+    seed: int = 0
+    conditioning: Literal["modification", "composed"] = "modification"
+    negative_prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "DiffusionConfig":
+        if self.pipeline == "sdxl_turbo_img2img" and int(self.num_inference_steps * self.strength) < 1:
+            # diffusers runs int(steps * strength) denoising steps; 0 would return the (re-encoded) input
+            raise ValueError(f"sdxl_turbo_img2img runs int(num_inference_steps * strength) steps: "
+                             f"{self.num_inference_steps} * {self.strength} < 1; raise one of them")
+        return self
+
+    def sampler_fields(self) -> dict:
+        """Only the sampler parameters the chosen pipeline actually reads (others do not change the images)."""
+        fields: dict[str, Any] = {"num_inference_steps": self.num_inference_steps}
+        if self.pipeline == "sdxl_turbo_img2img":
+            fields["strength"] = self.strength
+            fields["guidance_scale"] = self.guidance_scale  # SDXL-Turbo: 0.0 (no classifier-free guidance)
+        else:
+            fields["guidance_scale"] = self.guidance_scale
+            fields["image_guidance_scale"] = self.image_guidance_scale
+        return fields
+
+    def key_fields(self) -> dict:
+        return {
+            "pipeline": self.pipeline,
+            "model": self.model,
+            "revision": pipeline_revision(self.model, self.revision),
+            "variant": self.variant,
+            "dtype": self.dtype,
+            "scheduler": self.scheduler,
+            "scheduler_config": dict(sorted(self.scheduler_config.items())),
+            "resolution": self.resolution,
+            "sampler": self.sampler_fields(),
+            "num_images": self.num_images,
+            "seed": self.seed,
+            "conditioning": self.conditioning,
+            "negative_prompt": self.negative_prompt,
+        }
+
+
+def pipeline_revision(model: str, revision: str | None) -> str:
+    """A string that changes whenever the checkpoint behind (model, revision) changes."""
+    path = Path(model)
+    if path.is_dir():
+        return "sha256:" + tree_digest(path)
+    resolved = _hf_cached_commit(model, revision)
+    return f"hf:{revision or 'main'}@{resolved or 'unresolved'}"
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over (relative path, file sha256) of every weight, config and tokenizer file below `root`."""
+    files = sorted(p for p in root.rglob("*")
+                   if p.is_file() and p.suffix in _HASHED_SUFFIXES and p.name not in _IGNORED_NAMES
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if not files:
+        raise FileNotFoundError(f"no checkpoint files below {root}")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.relative_to(root).as_posix()}\0{file_sha256(p)}\n".encode())
+    return h.hexdigest()
+
+
+def _hf_cached_commit(repo_id: str, revision: str | None) -> str | None:
+    """The snapshot commit of a hub pipeline already in the local HF cache (offline-safe)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    hit = try_to_load_from_cache(repo_id, "model_index.json", revision=revision)
+    if isinstance(hit, str):
+        return Path(hit).parent.name  # .../snapshots/<commit>/model_index.json
+    return None

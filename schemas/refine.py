@@ -1,0 +1,163 @@
+"""Config and table schemas of the refined-benchmark build (CoLLM §4.2, supplementary §8.2).
+
+    validate(original text) ─► regenerate(failures, coarse→fine) ─► validate(level 1) ─► … ─► validate(level L)
+                                                                                              └─► refine_benchmark
+
+A triplet passes a validation round when the MLLM, shown the reference image, the modification text and the
+shuffled candidates (target + the `hard_negatives` gallery images most similar to the target), picks the
+target in at least `min_correct` of `votes` tries, each with another candidate order and seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from cirflow.schemas.config import BenchmarkConfig, Strict
+from cirflow.schemas.encoder import EncoderConfig
+from cirflow.schemas.errors import ConfigError
+from cirflow.schemas.mllm import MLLMConfig, SamplingParams
+from cirflow.schemas.tables import STR_LIST
+
+# What an MLLM refusal starts with (CoLLM: "responses beginning with 'I apologize...'"), lower-cased.
+DEFAULT_REFUSALS = ("i apologize", "i'm sorry", "i am sorry", "sorry, i", "i cannot", "i can't", "i can not",
+                    "i'm unable", "i am unable", "i won't")
+
+
+class RefineOptions(Strict):
+    hard_negatives: int = Field(3, ge=1, le=8)  # CoLLM: top-3 most similar gallery images to the target
+    votes: int = Field(3, ge=1, le=24)  # validation tries per text, each with a different candidate order
+    min_correct: int = Field(2, ge=1)  # CoLLM: pass when >= 2 of 3 tries pick the target
+    levels: int = Field(3, ge=1, le=6)  # regenerated texts per failed triplet, coarse -> fine
+    good_examples: int = Field(3, ge=0)  # passing original texts shown to the regenerator as [GOOD SAMPLES]
+    seed: int = 0
+    validate_prompt: str | None = None  # template files; default cirflow/prompts/refine_*.<benchmark>.txt
+    regenerate_prompt: str | None = None
+    validate_sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=16))
+    regenerate_sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(
+        temperature=0.7, top_p=0.95, max_tokens=256))
+    refusal_prefixes: list[str] = Field(default_factory=lambda: list(DEFAULT_REFUSALS))
+    shard_size: int = Field(64, ge=1)  # triplets per committed shard (one batched MLLM call each)
+    # Where the refined benchmark (official layout), the report and decisions.parquet go; default
+    # <output_dir>/<name>. Images are linked (symlinks to the original image folders) when local.
+    out_dir: str | None = None
+    link_images: bool = True
+
+    @model_validator(mode="after")
+    def _votes(self) -> "RefineOptions":
+        if self.min_correct > self.votes:
+            raise ValueError(f"min_correct={self.min_correct} exceeds votes={self.votes}")
+        return self
+
+
+class RefineConfig(Strict):
+    """`method: refine` run config (one YAML file), registered in cirflow.flows.FLOWS as "refine"."""
+
+    name: str = "refine"
+    method: Literal["refine"] = "refine"
+    store: str = ".cirflow/store"
+    storage_options: dict = Field(default_factory=dict)
+    output_dir: str = ".cirflow/runs"
+    gpu_limit: str | None = None  # Prefect global concurrency limit gating model loads (cirflow.flows.gpu)
+    benchmark: BenchmarkConfig
+    mllm: MLLMConfig
+    encoder: EncoderConfig
+    refine: RefineOptions = Field(default_factory=RefineOptions)
+    embed_shard_size: int = 4096
+
+    @model_validator(mode="after")
+    def _benchmark(self) -> "RefineConfig":
+        if self.benchmark.name not in ("cirr", "fashioniq"):
+            raise ValueError(f"refinement supports cirr and fashioniq, not {self.benchmark.name}")
+        if self.benchmark.split not in (None, "val", "train"):
+            raise ValueError("refinement needs ground truth: split val (or train)")
+        return self
+
+    def out_dir(self) -> str:
+        return self.refine.out_dir or str(Path(self.output_dir) / self.name)
+
+
+def parse_refine_config(raw: dict, source: str = "<config>") -> RefineConfig:
+    try:
+        return RefineConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "<root>"
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise ConfigError(f"{source}: field '{where}': {err['msg']}{more}") from None
+
+
+def load_refine_config(path: str | Path) -> RefineConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return parse_refine_config(raw, str(path))
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+# refine_candidates: the candidates each validation shows (target + hard negatives), one row per query.
+CANDIDATES = pa.schema([
+    pa.field("query_id", pa.string(), nullable=False),
+    pa.field("reference_id", pa.string(), nullable=False),
+    pa.field("target_id", pa.string()),  # null when the query has no target or no features
+    pa.field("negatives", STR_LIST),  # most similar first
+    pa.field("similarities", pa.list_(pa.float32())),
+    pa.field("status", pa.string(), nullable=False),  # "ok" | "failed"
+    pa.field("error", pa.string()),
+])
+
+# refine_validate: one row per (query, vote) of one validation round (level 0 = the original text).
+VOTES = pa.schema([
+    pa.field("query_id", pa.string(), nullable=False),
+    pa.field("level", pa.int32(), nullable=False),
+    pa.field("vote", pa.int32(), nullable=False),
+    pa.field("text", pa.string()),  # the modification text under test
+    pa.field("order", STR_LIST),  # candidate image ids as shown (position 1 first)
+    pa.field("target_position", pa.int32()),  # 1-based
+    pa.field("choice", pa.int32()),  # 1-based answer; null unless status == "ok"
+    pa.field("correct", pa.bool_(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),  # "ok" | "refused" | "unparsable" | "failed"
+    pa.field("error", pa.string()),
+    pa.field("raw", pa.string()),
+    pa.field("seed", pa.int64()),
+    pa.field("seconds", pa.float32()),
+])
+
+# refine_validate "state": where every query stands after this round (cumulative over earlier rounds).
+STATE = pa.schema([
+    pa.field("query_id", pa.string(), nullable=False),
+    pa.field("state", pa.string(), nullable=False),  # "passed" | "pending" | "refused" | "error"
+    pa.field("level", pa.int32()),  # the level whose text passed
+    pa.field("text", pa.string()),  # the passing text
+    pa.field("correct", pa.list_(pa.int32())),  # correct votes per tested level (-1: not tested)
+])
+
+# refine_benchmark "data": the decision per triplet.
+DECISIONS = pa.schema([
+    pa.field("query_id", pa.string(), nullable=False),
+    pa.field("reference_id", pa.string(), nullable=False),
+    pa.field("target_id", pa.string()),
+    pa.field("decision", pa.string(), nullable=False),  # "kept" | "revised" | "removed"
+    pa.field("reason", pa.string()),  # removed: "refused" | "unresolved" | "regeneration_failed" | "no_candidates"
+    pa.field("level", pa.int32()),  # 0 = original text passed, k = k-th regenerated text (coarse=1)
+    pa.field("original_text", pa.string(), nullable=False),
+    pa.field("final_text", pa.string()),  # null when removed
+    pa.field("regenerated", STR_LIST),  # coarse -> fine; empty when not regenerated
+    pa.field("negatives", STR_LIST),
+    pa.field("correct", pa.list_(pa.int32())),  # correct votes per level (-1: not tested)
+    pa.field("refusals", pa.int32(), nullable=False),
+    pa.field("unparsable", pa.int32(), nullable=False),
+    pa.field("failed", pa.int32(), nullable=False),  # transport / server errors
+    pa.field("new_index", pa.int32()),  # Fashion-IQ: the triplet's index in the refined caption file
+])
