@@ -16,9 +16,23 @@ def register(sub) -> None:
 
 def run(args) -> int:
     cfg = load_config(args.config)
+    preflight(cfg)
     doc = run_config(cfg, progress=not args.json)
     print_summary(doc, as_json=args.json)
     return 0
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Input errors a user can fix (annotations, missing images, prompt files) surface here as one line, before
+    Prefect starts and before any model loads; inside a flow they would arrive wrapped in engine tracebacks."""
+    from cirflow.prompts import load_template
+    from cirflow.tasks.benchmarks import load_benchmark
+
+    b = cfg.benchmark
+    for group in b.groups():
+        load_benchmark(b.name, b.data_root, split=b.split, image_root=b.image_root, fiq_join=b.fiq_join,
+                       check_images=b.check_images, **group)
+    load_template("compose_target_text", b.name, cfg.compose.prompt)
 
 
 def run_config(cfg: RunConfig, progress: bool = True) -> dict:

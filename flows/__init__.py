@@ -1,12 +1,36 @@
-"""Prefect flows, one per method or build. A flow only wires stages: no model code, no metric code."""
+"""Prefect flows, one per method or build. A flow only wires stages: no model code, no metric code.
+
+FLOWS maps a config's `method` to its flow; imports are deferred so that `cirflow --help` and config
+validation never pay for Prefect, torch or diffusers.
+"""
 
 from __future__ import annotations
 
+from importlib import import_module
 
-def _pefuse_t2i(config: dict, progress: bool = True) -> dict:
-    from cirflow.flows.pefuse_t2i import pefuse_t2i
+# method -> (module, flow function)
+_REGISTRY = {
+    "pefuse": ("cirflow.flows.pefuse", "pefuse"),
+    "pefuse_t2i": ("cirflow.flows.pefuse", "pefuse"),
+    "compare": ("cirflow.flows.compare", "compare"),
+    "sweep": ("cirflow.flows.compare", "sweep"),
+    "build_mtcir": ("cirflow.flows.builds", "build_mtcir"),
+    "build_instructcir": ("cirflow.flows.builds", "build_instructcir"),
+    "build_mvft": ("cirflow.flows.builds", "build_mvft"),
+}
 
-    return pefuse_t2i(config, progress=progress)
+
+def get_flow(method: str):
+    """The Prefect flow object of a method (for deployments and direct calls)."""
+    module, name = _REGISTRY[method]
+    return getattr(import_module(module), name)
 
 
-FLOWS = {"pefuse_t2i": _pefuse_t2i}
+class _Flows(dict):
+    """FLOWS[method](config, progress=...) runs the flow."""
+
+    def __missing__(self, method):
+        raise KeyError(f"unknown method {method!r}; known: {', '.join(_REGISTRY)}")
+
+
+FLOWS = _Flows({m: (lambda config, progress=True, _m=m: get_flow(_m)(config, progress=progress)) for m in _REGISTRY})

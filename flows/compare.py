@@ -87,24 +87,28 @@ def sweep(config: dict, progress: bool = True) -> dict:
     report = ComparisonReport(cc.name, base, started=time.perf_counter(), sweep=sw)
     variants = [(v, s, with_override(with_override(base, sw.param, v), sw.seed_path(), s))
                 for v in sw.values for s in sw.seeds]
-    shared = Models.for_config(base)
+    handles: dict[str, Models] = {}  # one set of loaded models per distinct load signature
     try:
         for value, seed, cfg in variants:
-            # a swept diffusion/MLLM parameter changes the model handle's config, not the weights: keep one handle
-            models = Models(shared.mllm, shared.encoder, shared.diffusion)
-            models = _rebind(models, base, cfg)
+            sig = _load_signature(cfg)
+            if sig not in handles:
+                handles[sig] = Models.for_config(cfg)
+            models = handles[sig]
             for group in base.benchmark.groups():
                 label = "/".join(group.values()) or base.benchmark.name
                 arts, _ = _variant(store, cfg, group, models, progress)
                 report.add(f"{sw.param}={value}", f"seed={seed}", label, arts, value=value, seed=seed)
     finally:
-        shared.close()
+        for m in handles.values():
+            m.close()
     return report.publish(store)
 
 
-def _rebind(models: Models, base: RunConfig, cfg: RunConfig) -> Models:
-    """Handles whose config differs in what the backend was built with must be rebuilt (e.g. a swept MLLM model
-    id); sampler and diffusion-call parameters are per request, so the loaded models are reused."""
-    if cfg.mllm != base.mllm or cfg.encoder != base.encoder:
-        return Models.for_config(cfg)
-    return models
+def _load_signature(cfg: RunConfig) -> str:
+    """What the loaded models depend on. Sampler settings (MLLM temperature, diffusion guidance, steps) are
+    per request, so a sweep over them shares one set of loaded models; a swept model id does not."""
+    from cirflow.models.diffusion import load_fields
+    from cirflow.storage.keys import canonical_json
+
+    diffusion = load_fields(cfg.diffusion) if cfg.diffusion is not None else None
+    return canonical_json([cfg.mllm, cfg.encoder, diffusion])

@@ -70,8 +70,8 @@ def query_features(store, cfg: RunConfig, bench: Artifact, models: Models, progr
         feats = embed_texts_task(store, cfg.encoder, bench=bench, texts=texts, fallback=cfg.compose.fallback,
                                  shard_size=cfg.embed.shard_size, encoder=models.encoder, progress=progress)
         return [a for a in (texts, feats) if a is not None]
-    images = synthesize_images_task(store, bench, cfg.diffusion, texts=texts, pipeline=models.diffusion,
-                                    progress=progress)
+    images = synthesize_images_task(store, bench, cfg.diffusion, texts=texts, fallback=cfg.compose.fallback,
+                                    pipeline=models.diffusion, progress=progress)
     feats = embed_generated_task(store, images, cfg.encoder, encoder=models.encoder, progress=progress)
     return [a for a in (texts, images, feats) if a is not None]
 
@@ -81,8 +81,8 @@ def gallery_features(store, cfg: RunConfig, bench: Artifact, models: Models, pro
     if cfg.mode in ("t2i", "i2i"):
         return [embed_images_task(store, bench, cfg.encoder, shard_size=cfg.embed.shard_size, encoder=models.encoder,
                                   progress=progress)]
-    which = "all" if cfg.benchmark.name == "genecis" else "gallery"  # GeneCIS ranks per-sample candidates
-    captions = caption_images_task(store, bench, cfg.mllm, cfg.caption.sampling, which=which,
+    # "gallery" = the retrieval gallery, and for GeneCIS every per-sample candidate
+    captions = caption_images_task(store, bench, cfg.mllm, cfg.caption.sampling, which="gallery",
                                    prompt=cfg.caption.prompt, shard_size=cfg.caption.shard_size, mllm=models.mllm,
                                    progress=progress)
     feats = embed_texts_task(store, cfg.encoder, bench=bench, texts=captions, kind="image",

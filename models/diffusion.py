@@ -73,13 +73,22 @@ class DiffusionBackend:
 
     # ---- public API ---------------------------------------------------------------------------------------
 
-    def edit(self, images: Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int]) -> list[Image.Image]:
-        """One batched pipeline call; image i is generated from images[i], prompts[i] and its own seed seeds[i]."""
+    def edit(self, images: Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int],
+             sampler: DiffusionConfig | None = None) -> list[Image.Image]:
+        """One batched pipeline call; image i is generated from images[i], prompts[i] and its own seed seeds[i].
+        `sampler`: another config for the same loaded weights (one backend shared by several stages that differ
+        in steps, guidance, resolution, ...); its load fields must match (see `load_fields`)."""
         if not (len(images) == len(prompts) == len(seeds)):
             raise ValueError(f"edit: {len(images)} images, {len(prompts)} prompts, {len(seeds)} seeds")
+        cfg = self.cfg
+        if sampler is not None:
+            if load_fields(sampler) != load_fields(self.cfg):
+                raise CirflowError(f"this backend was loaded for {load_fields(self.cfg)}, "
+                                   f"not {load_fields(sampler)}")
+            cfg = sampler
         if not images:
             return []
-        cfg, size = self.cfg, self.cfg.resolution
+        size = cfg.resolution
         inputs = [prepare_image(im, size) for im in images]
         call = dict(prompt=[str(p) for p in prompts], image=inputs, num_inference_steps=cfg.num_inference_steps,
                     guidance_scale=cfg.guidance_scale, output_type="pil",
@@ -127,6 +136,12 @@ class DiffusionBackend:
 
 def load_pipeline(cfg: DiffusionConfig) -> DiffusionBackend:
     return DiffusionBackend(cfg)
+
+
+def load_fields(cfg: DiffusionConfig) -> dict:
+    """The config fields that decide what `load_pipeline` loads (the rest only parameterise `edit`)."""
+    return cfg.model_dump(include={"pipeline", "model", "revision", "variant", "dtype", "device", "scheduler",
+                                   "scheduler_config"})
 
 
 def prepare_image(image: Image.Image, resolution: int) -> Image.Image:

@@ -90,3 +90,19 @@ def robust_proxy(f_p: np.ndarray, f_q: np.ndarray, f_s: np.ndarray, *, a_w: floa
         raise ValueError(f"max_mode must be 'global' or 'per_query', got {max_mode!r}")
     out = a_w * f_p.astype(np.float64) + s_w * rq * f_q + t_w * rs * f_s
     return out.astype(np.float32)
+
+
+def align_rows(query_ids: list[str], ids: list[str], features: np.ndarray) -> tuple[np.ndarray, int]:
+    """Features ([len(ids), D], keyed by `ids`) laid out in `query_ids` order; a query without a row gets zeros
+    (e.g. f_p of a query whose proxies all failed: embed_generated leaves it out). Returns (array, missing)."""
+    features = np.asarray(features, dtype=np.float32)
+    pos = {i: k for k, i in enumerate(ids)}
+    out = np.zeros((len(query_ids), features.shape[1]), np.float32)
+    missing = 0
+    for r, q in enumerate(query_ids):
+        k = pos.get(q)
+        if k is None:
+            missing += 1
+        else:
+            out[r] = features[k]
+    return out, missing

@@ -8,6 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cirflow.schemas.diffusion import DiffusionConfig
 from cirflow.schemas.encoder import EncoderConfig
 from cirflow.schemas.errors import ConfigError
 from cirflow.schemas.index import IndexConfig
@@ -86,7 +87,7 @@ class RunConfig(Strict):
     encoder: EncoderConfig
     compose: ComposeConfig = Field(default_factory=ComposeConfig)
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
-    diffusion: dict | None = None  # TODO(wire): DiffusionConfig once schemas/diffusion.py lands
+    diffusion: DiffusionConfig | None = None  # required by the image-query modes i2i and i2t
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig)
 

@@ -73,7 +73,7 @@ def build_groups(ids: list[str], emb: np.ndarray, cfg: PairingConfig) -> list[tu
     n = len(ids)
     if n == 0:
         return []
-    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    emb = np.array(emb, dtype=np.float32)  # a writable copy (store reads are read-only views)
     k = min(n, cfg.neighbours + 1)
     order = sorted(range(n), key=lambda i: _h(cfg.seed, ids[i]))
     used = np.zeros(n, dtype=bool)

@@ -11,14 +11,32 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from cirflow.tasks import compose_target_text, embed, evaluate, ingest, retrieve
+from cirflow.tasks import (build_texts, caption_images, collection, compose_target_text, embed, evaluate, ingest,
+                           instructcir_texts, mtcir_texts, mvft_texts, pair_images, release, retrieve, rewrite_caption,
+                           synthesize_images)
 
 _opts = dict(cache_policy=NO_CACHE, persist_result=False)
+# model stages may meet a restarting server; committed shards survive the retry
+_llm = dict(retries=1, retry_delay_seconds=10, **_opts)
 
 ingest_task = task(ingest.run, name="ingest", **_opts)
-compose_target_text_task = task(compose_target_text.run, name="compose_target_text", retries=1,
-                                retry_delay_seconds=10, **_opts)
+compose_target_text_task = task(compose_target_text.run, name="compose_target_text", **_llm)
+caption_images_task = task(caption_images.run, name="caption_images", **_llm)
+rewrite_caption_task = task(rewrite_caption.run, name="rewrite_caption", **_llm)
+synthesize_images_task = task(synthesize_images.run, name="synthesize_images", **_opts)
 embed_images_task = task(embed.embed_images, name="embed_images", **_opts)
 embed_texts_task = task(embed.embed_texts, name="embed_texts", **_opts)
+embed_generated_task = task(embed.embed_generated, name="embed_generated", **_opts)
 retrieve_task = task(retrieve.run, name="retrieve", **_opts)
+fuse_scores_task = task(retrieve.fuse_scores, name="fuse_scores", **_opts)
 evaluate_task = task(evaluate.run, name="evaluate", **_opts)
+
+# dataset builds (issue 5)
+ingest_collection_task = task(collection.run, name="ingest_collection", **_opts)
+pair_groups_task = task(pair_images.pair_groups, name="pair_groups", **_opts)
+random_pairs_task = task(pair_images.random_pairs, name="random_pairs", **_opts)
+caption_collection_task = task(build_texts.run, name="caption_collection", **_llm)
+mtcir_texts_task = task(mtcir_texts.run, name="mtcir_texts", **_llm)
+instructcir_texts_task = task(instructcir_texts.run, name="instructcir_texts", **_llm)
+mvft_texts_task = task(mvft_texts.run, name="mvft_texts", **_llm)
+release_task = task(release.run, name="release", **_opts)

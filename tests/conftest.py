@@ -11,6 +11,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+
+def pytest_configure(config):
+    # tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription (a tiny generate()
+    # took 0.4 s with two contended threads, 0.025 s with one); numerics are unchanged for these sizes
+    import torch
+
+    torch.set_num_threads(1)
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 
 
@@ -28,6 +36,13 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-models")
     return {"mllm": build_tiny_qwen25vl(root / "qwen"), "encoder": build_tiny_open_clip(root / "clip"),
             "encoder_b": build_tiny_open_clip(root / "clip-b", seed=1)}
+
+
+@pytest.fixture(scope="session")
+def tiny_ip2p(tmp_path_factory) -> Path:
+    from cirflow.models.tiny_diffusion import build_tiny_instruct_pix2pix
+
+    return build_tiny_instruct_pix2pix(tmp_path_factory.mktemp("tiny-ip2p") / "ip2p")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,193 @@
+"""Scheduled deployments of any cirflow flow (everything in `cirflow.flows.FLOWS`), from a run config.
+
+One Prefect flow, `run_deployment` (flow name "cirflow"), is the deployment entry point for every method: it
+takes the config as its only parameter and runs `FLOWS[config["method"]]` (which shows up as a subflow). So
+a deployment needs nothing but an importable `cirflow` where it runs (entry point
+`cirflow.flows.deploy.run_deployment`, a module path: no source upload, no image build), and a new flow is
+deployable as soon as it is in FLOWS.
+
+Two ways to run the scheduled runs:
+- serve: `run_deployment.serve(...)` in a long-running process (`cirflow deploy CONFIG --name N --serve`);
+  runs execute as subprocesses of that process. No work pool, no worker.
+- work pool: `run_deployment.deploy(...)` to a process work pool (created if missing); a worker started
+  with `prefect worker start --pool P` on the GPU machine picks the runs up and executes each in a
+  subprocess. Several deployments share the pool; see docker/README.md.
+
+Both need a Prefect server (PREFECT_API_URL): an ephemeral server lives only as long as one process, so
+its schedules would never fire.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow
+
+from cirflow.schemas.errors import CirflowError, ConfigError
+
+DEFAULT_METHOD = "pefuse_t2i"  # RunConfig's default when a config names no method
+ENTRYPOINT = "cirflow.flows.deploy.run_deployment"
+# Config fields holding local paths: made absolute at deploy time, because a worker or a served run does not
+# share the working directory of the `cirflow deploy` call.
+PATH_FIELDS = (("store",), ("output_dir",), ("benchmark", "data_root"), ("benchmark", "image_root"),
+               ("refine", "out_dir"), ("compose", "prompt"), ("refine", "validate_prompt"),
+               ("refine", "regenerate_prompt"), ("encoder", "tokenizer"))
+
+
+@flow(name="cirflow", log_prints=True)
+def run_deployment(config: dict, progress: bool = False) -> dict:
+    """Run the flow the config's `method` names (FLOWS[method]) with that config."""
+    from cirflow.flows import FLOWS
+
+    method = config.get("method") or DEFAULT_METHOD
+    if method not in FLOWS:
+        raise CirflowError(f"unknown method {method!r}: registered flows are {', '.join(sorted(FLOWS))}")
+    return FLOWS[method](config, progress=progress)
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def _validators() -> dict:
+    from cirflow.schemas.config import parse_config
+    from cirflow.schemas.refine import parse_refine_config
+
+    return {"pefuse_t2i": parse_config, "refine": parse_refine_config}
+
+
+def load_deploy_config(path: str | os.PathLike | dict, base_dir: str | os.PathLike | None = None) -> dict:
+    """The deployment's `config` parameter: the YAML (or a dict) validated by its method's config model where
+    one is known (unknown keys are errors), relative local paths made absolute against `base_dir` (default the
+    current directory), as JSON-ready data."""
+    from cirflow.flows import FLOWS
+
+    if isinstance(path, dict):
+        raw, source = dict(path), "<config>"
+    else:
+        source = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    method = raw.get("method") or DEFAULT_METHOD
+    if method not in FLOWS:
+        raise ConfigError(f"{source}: method {method!r} has no flow (registered: {', '.join(sorted(FLOWS))})")
+    raw["method"] = method
+    raw = absolutize(raw, base_dir or os.getcwd())
+    parse = _validators().get(method)
+    return parse(raw, source).model_dump(mode="json") if parse else raw
+
+
+def absolutize(raw: dict, base_dir: str | os.PathLike) -> dict:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for path in PATH_FIELDS:
+        node = out
+        for k in path[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        value = node.get(path[-1]) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value):
+            node[path[-1]] = str((Path(base_dir) / os.path.expanduser(value)).resolve())
+    enc = out.get("encoder")
+    if isinstance(enc, dict) and isinstance(enc.get("model"), str) and enc["model"].startswith("local-dir:"):
+        d = enc["model"][len("local-dir:"):]
+        if not os.path.isabs(d):
+            enc["model"] = "local-dir:" + str((Path(base_dir) / d).resolve())
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- deploy
+
+
+def _require_api() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise CirflowError("deployments need a Prefect server: start one (`prefect server start`) and set "
+                           "PREFECT_API_URL (e.g. http://127.0.0.1:4200/api); an ephemeral server never runs "
+                           "schedules")
+    return url
+
+
+def schedule_kwargs(cron: str | None = None, interval: float | None = None, timezone: str | None = None) -> dict:
+    if cron and interval:
+        raise ConfigError("give either --cron or --interval, not both")
+    if cron:
+        from prefect.schedules import Cron
+
+        try:
+            return {"schedules": [Cron(cron, timezone=timezone)]}
+        except ValueError as e:
+            raise ConfigError(f"invalid cron expression {cron!r}: {e}") from None
+    if interval:
+        if interval <= 0:
+            raise ConfigError("--interval must be positive seconds")
+        from prefect.schedules import Interval
+
+        return {"schedules": [Interval(float(interval), timezone=timezone)]}
+    return {}
+
+
+def ensure_work_pool(name: str, pool_type: str = "process") -> bool:
+    """Create the work pool if missing. Returns True when it was created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+            return False
+        except ObjectNotFound:
+            pass
+        try:
+            client.create_work_pool(WorkPoolCreate(name=name, type=pool_type))
+        except ObjectAlreadyExists:
+            return False
+        return True
+
+
+def deploy(config: str | os.PathLike | dict, name: str, *, cron: str | None = None, interval: float | None = None,
+           timezone: str | None = None, work_pool: str | None = None, serve: bool = False,
+           tags: list[str] | None = None, job_variables: dict | None = None, paused: bool = False) -> dict[str, Any]:
+    """Register `config` as deployment `cirflow/<name>` with an optional schedule.
+
+    serve=True blocks, serving the deployment from this process until interrupted (Ctrl-C pauses its
+    schedule). Otherwise the deployment goes to the process work pool `work_pool` (created if missing) and
+    this returns {"deployment_id", "name", "work_pool", "schedule", "worker_command"} at once."""
+    _require_api()
+    cfg = load_deploy_config(config)
+    sched = schedule_kwargs(cron, interval, timezone)
+    tags = ["cirflow", cfg["method"], *(tags or [])]
+    params = {"config": cfg, "progress": False}
+    description = f"cirflow {cfg['method']}: {cfg.get('name', '')}"
+    if serve:
+        if work_pool:
+            raise ConfigError("--serve runs the deployment in this process; it takes no --work-pool")
+        run_deployment.serve(name=name, parameters=params, tags=tags, description=description, paused=paused,
+                             print_starting_message=True, **sched)
+        return {"name": f"cirflow/{name}", "served": True}
+    if not work_pool:
+        raise ConfigError("give --work-pool P (runs go to `prefect worker start --pool P`) or --serve")
+    from prefect.deployments.runner import EntrypointType
+
+    created = ensure_work_pool(work_pool)
+    dep_id = run_deployment.deploy(
+        name=name, work_pool_name=work_pool, build=False, push=False, parameters=params, tags=tags,
+        description=description, paused=paused, job_variables=job_variables or {},
+        entrypoint_type=EntrypointType.MODULE_PATH, print_next_steps=False, ignore_warnings=True, **sched)
+    return {"deployment_id": str(dep_id), "name": f"cirflow/{name}", "work_pool": work_pool,
+            "work_pool_created": created, "method": cfg["method"],
+            "schedule": cron or (f"every {interval} s" if interval else None), "entrypoint": ENTRYPOINT,
+            "worker_command": f"prefect worker start --pool {work_pool} --type process"}
+
+
+__all__ = ["ENTRYPOINT", "absolutize", "deploy", "ensure_work_pool", "load_deploy_config", "run_deployment",
+           "schedule_kwargs"]
