@@ -12,6 +12,8 @@ from importlib import import_module
 _REGISTRY = {
     "pefuse": ("cirflow.flows.pefuse", "pefuse"),
     "pefuse_t2i": ("cirflow.flows.pefuse", "pefuse"),
+    "cirevl": ("cirflow.flows.baselines", "cirevl"),
+    "ldre": ("cirflow.flows.baselines", "ldre"),
     "compare": ("cirflow.flows.compare", "compare"),
     "sweep": ("cirflow.flows.compare", "sweep"),
     "build_mtcir": ("cirflow.flows.builds", "build_mtcir"),

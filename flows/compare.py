@@ -47,7 +47,7 @@ def compare(config: dict, progress: bool = True) -> dict:
     try:
         for enc in encoders:
             cfg_e = base.model_copy(update={"encoder": enc})
-            models = Models(shared.mllm, Lazy(lambda enc=enc: _open_encoder(enc)), shared.diffusion)
+            models = Models(shared.mllm, Lazy(lambda enc=enc: _open_encoder(enc)), shared.diffusion, shared.llm)
             try:
                 for group in base.benchmark.groups():
                     label = "/".join(group.values()) or base.benchmark.name
@@ -111,4 +111,4 @@ def _load_signature(cfg: RunConfig) -> str:
     from cirflow.storage.keys import canonical_json
 
     diffusion = load_fields(cfg.diffusion) if cfg.diffusion is not None else None
-    return canonical_json([cfg.mllm, cfg.encoder, diffusion])
+    return canonical_json([cfg.mllm, cfg.llm, cfg.encoder, diffusion])

@@ -32,6 +32,10 @@ class Models:
     mllm: Lazy
     encoder: Lazy
     diffusion: Lazy | None = None
+    llm: Lazy | None = None  # the text LLM when it is not the MLLM (rewrite_caption, plan_layout)
+
+    def text(self) -> Lazy:
+        return self.llm or self.mllm
 
     @classmethod
     def for_config(cls, cfg: RunConfig) -> "Models":
@@ -43,10 +47,11 @@ class Models:
             from cirflow.models.diffusion import load_pipeline
 
             diffusion = Lazy(lambda: load_pipeline(cfg.diffusion))
-        return cls(Lazy(lambda: load_mllm(cfg.mllm)), Lazy(lambda: OpenClipEncoder(cfg.encoder)), diffusion)
+        llm = Lazy(lambda: load_mllm(cfg.llm)) if cfg.llm is not None else None
+        return cls(Lazy(lambda: load_mllm(cfg.mllm)), Lazy(lambda: OpenClipEncoder(cfg.encoder)), diffusion, llm)
 
     def close(self) -> None:
-        for m in (self.mllm, self.encoder, self.diffusion):
+        for m in (self.mllm, self.encoder, self.diffusion, self.llm):
             if m is not None:
                 m.close()
 

@@ -12,6 +12,7 @@ from cirflow.schemas.diffusion import DiffusionConfig
 from cirflow.schemas.encoder import EncoderConfig
 from cirflow.schemas.errors import ConfigError
 from cirflow.schemas.index import IndexConfig
+from cirflow.schemas.layout import ProxyConfig
 from cirflow.schemas.mllm import MLLMConfig, SamplingParams
 
 BenchmarkName = Literal["cirr", "circo", "fashioniq", "genecis"]
@@ -61,6 +62,50 @@ class CaptionConfig(Strict):
     shard_size: int = 256
 
 
+class ReferenceCaptionConfig(CaptionConfig):
+    """caption_images over the queries' reference images (CIReVL, LDRE, IP-CIR): a generic detailed caption
+    by default (CIReVL's "describe the image in complete detail" structure)."""
+
+    prompt: str | None = "detailed"  # a built-in name (prompts/caption_images.<name>.txt) or a file path
+
+
+class RewriteConfig(Strict):
+    """rewrite_caption: a text LLM edits the reference caption by the instruction (CIReVL; LDRE per caption)."""
+
+    prompt: str | None = None  # default: prompts/rewrite_caption.<benchmark>.txt
+    sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=128))
+    shard_size: int = 256
+
+
+class LDREConfig(Strict):
+    """LDRE (metrics-and-methods B.2): n sampled reference captions, one edit each, a weighted ensemble."""
+
+    n_captions: int = Field(15, ge=1)
+    # divergent captions come from nucleus sampling (BLIP-2 in the paper)
+    caption_sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(
+        temperature=1.0, top_p=0.9, max_tokens=64, seed=0))
+    weighting: Literal["ensemble", "mean"] = "ensemble"  # "mean": LDRE's CIRR path (plain average)
+    k: int = Field(5, ge=1)
+    temperature: float = Field(0.04, gt=0)
+    per_query: bool = False  # public code: weights per caption slot shared by all queries
+
+
+class IPCIRConfig(Strict):
+    """IP-CIR (ip-cir.txt, metrics-and-methods B.1) on top of a baseline's text similarity."""
+
+    baseline: Literal["ldre", "cirevl", "pefuse"] = "ldre"
+    layout_prompt: str | None = None  # default: prompts/plan_layout.<benchmark>.txt
+    layout_sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=512))
+    max_attempts: int = Field(3, ge=1)
+    enrich: bool = False
+    proxies: ProxyConfig = Field(default_factory=ProxyConfig)
+    a_w: float = 1.0  # robust proxy weights (Eq. 1, authors' code defaults)
+    s_w: float = 1.0
+    t_w: float = 1.0
+    max_mode: Literal["global", "per_query"] = "global"
+    lam: float | None = Field(None, ge=0.0, le=1.0)  # balance metric λ; None = per dataset (CIRCO 0.3, CIRR 0.0, FIQ 0.8)
+
+
 class EmbedConfig(Strict):
     shard_size: int = 4096
 
@@ -77,19 +122,27 @@ Mode = Literal["t2i", "i2i", "t2t", "i2t"]
 class RunConfig(Strict):
     name: str = "pefuse"
     # pefuse_t2i is kept as the name of the text→image-only method; it is pefuse with mode t2i
-    method: Literal["pefuse", "pefuse_t2i"] = "pefuse"
+    method: Literal["pefuse", "pefuse_t2i", "cirevl", "ldre", "ip_cir"] = "pefuse"
     mode: Mode = "t2i"  # PEFUSE §3: text→image, image→image, text→text, image→text
     store: str = ".cirflow/store"  # any fsspec URL
     storage_options: dict = Field(default_factory=dict)
     output_dir: str = ".cirflow/runs"  # submission files, metrics tables, run summaries
     benchmark: BenchmarkConfig
     mllm: MLLMConfig
+    llm: MLLMConfig | None = None  # text LLM for rewrite_caption / plan_layout (CIReVL, LDRE, IP-CIR); default: mllm
     encoder: EncoderConfig
     compose: ComposeConfig = Field(default_factory=ComposeConfig)
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     diffusion: DiffusionConfig | None = None  # required by the image-query modes i2i and i2t
+    reference_caption: ReferenceCaptionConfig = Field(default_factory=ReferenceCaptionConfig)
+    rewrite: RewriteConfig = Field(default_factory=RewriteConfig)
+    ldre: LDREConfig = Field(default_factory=LDREConfig)
+    ip_cir: IPCIRConfig = Field(default_factory=IPCIRConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig)
+
+    def text_llm(self) -> MLLMConfig:
+        return self.llm or self.mllm
 
     @model_validator(mode="after")
     def _mode_needs(self) -> "RunConfig":

@@ -144,17 +144,20 @@ def _per_item(run_, n: int) -> dict:
 
 
 def embed_generated(store: ArtifactStore, generated: Artifact, cfg: EncoderConfig, *,
-                    reduce: Literal["mean", "normalized_mean", "each"] = "normalized_mean", shard_size: int = 1024,
+                    reduce: Literal["mean", "normalized_mean", "each"] = "normalized_mean",
+                    max_samples: int | None = None, shard_size: int = 1024,
                     encoder: Lazy[OpenClipEncoder] | None = None, progress: bool = True) -> Artifact:
     """Features of generated images (PEFUSE I→I / I→T queries, IP-CIR proxies), keyed by the query they were
     generated for. N images per query are combined by `reduce`: "normalized_mean" for retrieval, "mean" (not
-    re-normalised) for IP-CIR's proxy feature f_p, "each" keeps one row per image with a `sample` column."""
-    params = {"encoder": cfg.key_fields(), "reduce": reduce}
+    re-normalised) for IP-CIR's proxy feature f_p, "each" keeps one row per image with a `sample` column.
+    `max_samples` uses only samples 0..max_samples-1 (IP-CIR's number-of-proxies ablation, from stored images)."""
+    params = {"encoder": cfg.key_fields(), "reduce": reduce, "max_samples": max_samples}
     run_ = begin(store, "embed_generated", VERSION, params, inputs={"images": generated},
                  runtime={"shard_size": shard_size, "batch_size": cfg.batch_size, "device": cfg.device})
     if run_.cached:
         return run_.artifact
-    rows = [r for r in generated.read(columns=["id", "sample", "file", "status"]).to_pylist() if r["status"] == "ok"]
+    rows = [r for r in generated.read(columns=["id", "sample", "file", "status"]).to_pylist()
+            if r["status"] == "ok" and (max_samples is None or r["sample"] < max_samples)]
     by_id: dict[str, list[dict]] = {}
     for r in rows:
         by_id.setdefault(r["id"], []).append(r)

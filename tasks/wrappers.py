@@ -12,8 +12,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from cirflow.tasks import (build_texts, caption_images, collection, compose_target_text, embed, evaluate, ingest,
-                           instructcir_texts, mtcir_texts, mvft_texts, pair_images, release, retrieve, rewrite_caption,
-                           synthesize_images)
+                           instructcir_texts, ldre_query, mtcir_texts, mvft_texts, pair_images, plan_layout, release,
+                           retrieve, rewrite_caption, synthesize_images, synthesize_proxies)
 
 _opts = dict(cache_policy=NO_CACHE, persist_result=False)
 # model stages may meet a restarting server; committed shards survive the retry
@@ -29,6 +29,11 @@ embed_texts_task = task(embed.embed_texts, name="embed_texts", **_opts)
 embed_generated_task = task(embed.embed_generated, name="embed_generated", **_opts)
 retrieve_task = task(retrieve.run, name="retrieve", **_opts)
 fuse_scores_task = task(retrieve.fuse_scores, name="fuse_scores", **_opts)
+ldre_query_task = task(ldre_query.run, name="ldre_query", **_opts)
+
+# IP-CIR (issue 4)
+plan_layout_task = task(plan_layout.run, name="plan_layout", **_llm)
+synthesize_proxies_task = task(synthesize_proxies.run, name="synthesize_proxies", **_opts)
 evaluate_task = task(evaluate.run, name="evaluate", **_opts)
 
 # dataset builds (issue 5)
