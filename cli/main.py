@@ -14,11 +14,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cirflow.cli import build, compare, demo, evaluate, ingest, run, store
+    from cirflow.cli import build, compare, demo, deploy, evaluate, ingest, run, store
 
     parser = argparse.ArgumentParser(prog="cirflow", description="Staged, resumable Composed Image Retrieval pipelines")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (run, demo, compare, build, ingest, evaluate, store):
+    for module in (run, demo, compare, build, deploy, ingest, evaluate, store):
         module.register(sub)
     return parser
 

@@ -15,10 +15,36 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if _method(args.config) == "refine":
+        return _run_refine(args)
     cfg = load_config(args.config)
     preflight(cfg)
     doc = run_config(cfg, progress=not args.json)
     print_summary(doc, as_json=args.json)
+    return 0
+
+
+def _method(path: str) -> str | None:
+    """The config's method, read before validation so each method's own schema validates its file."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(open(path))
+    except (OSError, yaml.YAMLError):
+        return None  # load_config reports it properly
+    return raw.get("method") if isinstance(raw, dict) else None
+
+
+def _run_refine(args) -> int:
+    from cirflow.flows import FLOWS
+    from cirflow.schemas.refine import load_refine_config
+
+    cfg = load_refine_config(args.config)
+    doc = FLOWS["refine"](cfg.model_dump(mode="json"), progress=not args.json)
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        print(json.dumps({k: doc[k] for k in ("counts", "output_dir") if k in doc}, indent=2, default=str))
     return 0
 
 

@@ -16,6 +16,7 @@ _REGISTRY = {
     "ldre": ("cirflow.flows.baselines", "ldre"),
     "compare": ("cirflow.flows.compare", "compare"),
     "sweep": ("cirflow.flows.compare", "sweep"),
+    "refine": ("cirflow.flows.refine", "refine"),
     "build_mtcir": ("cirflow.flows.builds", "build_mtcir"),
     "build_instructcir": ("cirflow.flows.builds", "build_instructcir"),
     "build_mvft": ("cirflow.flows.builds", "build_mvft"),

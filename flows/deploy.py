@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 from prefect import flow
 
 from cirflow.schemas.errors import CirflowError, ConfigError
 
-DEFAULT_METHOD = "pefuse_t2i"  # RunConfig's default when a config names no method
+DEFAULT_METHOD = "pefuse"  # RunConfig's default when a config names no method
 ENTRYPOINT = "cirflow.flows.deploy.run_deployment"
 # Config fields holding local paths: made absolute at deploy time, because a worker or a served run does not
 # share the working directory of the `cirflow deploy` call.
@@ -52,10 +53,25 @@ def run_deployment(config: dict, progress: bool = False) -> dict:
 
 
 def _validators() -> dict:
+    from cirflow.schemas.builds import InstructCIRBuildConfig, MTCIRBuildConfig, MVFTBuildConfig
+    from cirflow.schemas.compare import CompareConfig
     from cirflow.schemas.config import parse_config
     from cirflow.schemas.refine import parse_refine_config
 
-    return {"pefuse_t2i": parse_config, "refine": parse_refine_config}
+    def model(cls):
+        def parse(raw: dict, source: str):
+            try:
+                return cls.model_validate(raw)
+            except ValidationError as e:
+                err = e.errors()[0]
+                where = ".".join(str(x) for x in err["loc"]) or "<root>"
+                raise ConfigError(f"{source}: field '{where}': {err['msg']}") from None
+        return parse
+
+    run = {m: parse_config for m in ("pefuse", "pefuse_t2i", "cirevl", "ldre", "ip_cir")}
+    return run | {"refine": parse_refine_config, "build_mtcir": model(MTCIRBuildConfig),
+                  "build_instructcir": model(InstructCIRBuildConfig), "build_mvft": model(MVFTBuildConfig),
+                  "compare": model(CompareConfig), "sweep": model(CompareConfig)}
 
 
 def load_deploy_config(path: str | os.PathLike | dict, base_dir: str | os.PathLike | None = None) -> dict:

@@ -33,27 +33,34 @@ class Models:
     encoder: Lazy
     diffusion: Lazy | None = None
     llm: Lazy | None = None  # the text LLM when it is not the MLLM (rewrite_caption, plan_layout)
+    gate: object = None  # the flow's GPU slot (flows/gpu.py), taken by the first local GPU model load
 
     def text(self) -> Lazy:
         return self.llm or self.mllm
 
     @classmethod
     def for_config(cls, cfg: RunConfig) -> "Models":
+        from cirflow.flows.gpu import GpuGate, uses_gpu
         from cirflow.models.encoder import OpenClipEncoder
         from cirflow.models.mllm.factory import load_mllm
 
+        # one slot per flow, so two builds never load models on one GPU at once (and a flow never waits on itself)
+        gate = GpuGate(cfg.gpu_limit)
         diffusion = None
         if cfg.diffusion is not None:
             from cirflow.models.diffusion import load_pipeline
 
-            diffusion = Lazy(lambda: load_pipeline(cfg.diffusion))
-        llm = Lazy(lambda: load_mllm(cfg.llm)) if cfg.llm is not None else None
-        return cls(Lazy(lambda: load_mllm(cfg.mllm)), Lazy(lambda: OpenClipEncoder(cfg.encoder)), diffusion, llm)
+            diffusion = gate.lazy(lambda: load_pipeline(cfg.diffusion), when=uses_gpu(cfg.diffusion))
+        llm = gate.lazy(lambda: load_mllm(cfg.llm), when=uses_gpu(cfg.llm)) if cfg.llm is not None else None
+        return cls(gate.lazy(lambda: load_mllm(cfg.mllm), when=uses_gpu(cfg.mllm)),
+                   gate.lazy(lambda: OpenClipEncoder(cfg.encoder), when=uses_gpu(cfg.encoder)), diffusion, llm, gate)
 
     def close(self) -> None:
         for m in (self.mllm, self.encoder, self.diffusion, self.llm):
             if m is not None:
                 m.close()
+        if self.gate is not None:
+            self.gate.release()
 
 
 def ingest(store: ArtifactStore, cfg: RunConfig, group: dict) -> Artifact:

@@ -257,6 +257,7 @@ class _BuildBase(_Strict):
 
 
 class MTCIRBuildConfig(_BuildBase):
+    method: Literal["build_mtcir"] = "build_mtcir"  # lets `cirflow deploy` pick the flow
     encoder: EncoderConfig
     embed_shard_size: int = Field(4096, ge=1)
     pairing: PairingConfig = PairingConfig()
@@ -265,11 +266,13 @@ class MTCIRBuildConfig(_BuildBase):
 
 
 class InstructCIRBuildConfig(_BuildBase):
+    method: Literal["build_instructcir"] = "build_instructcir"  # lets `cirflow deploy` pick the flow
     pairing: RandomPairingConfig = RandomPairingConfig()
     captions: CaptionConfig = CaptionConfig()
     texts: InstructCIRTextConfig = InstructCIRTextConfig()
 
 
 class MVFTBuildConfig(_BuildBase):
+    method: Literal["build_mvft"] = "build_mvft"  # lets `cirflow deploy` pick the flow
     captions: CaptionConfig = CaptionConfig()
     texts: MVFTTextConfig = MVFTTextConfig()

@@ -41,6 +41,7 @@ class SweepSpec(Strict):
 
 
 class CompareConfig(Strict):
+    method: Literal["compare", "sweep"] = "compare"  # lets `cirflow deploy` pick the flow
     name: str = "compare"
     base: RunConfig
     modes: list[Mode] = Field(default_factory=lambda: ["t2i"])

@@ -127,6 +127,7 @@ class RunConfig(Strict):
     store: str = ".cirflow/store"  # any fsspec URL
     storage_options: dict = Field(default_factory=dict)
     output_dir: str = ".cirflow/runs"  # submission files, metrics tables, run summaries
+    gpu_limit: str | None = None  # Prefect global concurrency limit gating local GPU model loads ($CIRFLOW_GPU_LIMIT)
     benchmark: BenchmarkConfig
     mllm: MLLMConfig
     llm: MLLMConfig | None = None  # text LLM for rewrite_caption / plan_layout (CIReVL, LDRE, IP-CIR); default: mllm

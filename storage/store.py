@@ -180,7 +180,9 @@ class Artifact:
         ids = t.column("id").to_pylist()
         col = t.column("embedding").combine_chunks()
         dim = col.type.list_size
-        return ids, col.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+        emb = col.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+        # Arrow buffers are read-only; callers (torch, in-place normalisation) expect a writable array
+        return ids, emb if emb.flags.writeable else emb.copy()
 
     def problems(self) -> list[Problem]:
         out = []
