@@ -13,6 +13,10 @@ def register(sub) -> None:
         p.add_argument("config", help="YAML comparison config (a base run config plus what varies)")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
         p.set_defaults(func=run, flow=name)
+    p = sub.add_parser("ip-cir-ablation", help="IP-CIR ablations (table 3, figures 5, 7, 8) from stored stages")
+    p.add_argument("config", help="YAML ablation config (a base ip_cir run config plus what varies)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run, flow="ip_cir_ablation")
 
 
 def run(args) -> int:
@@ -20,7 +24,12 @@ def run(args) -> int:
     from cirflow.schemas.compare import load_compare_config
     from cirflow.schemas.errors import ConfigError
 
-    cc = load_compare_config(args.config)
+    if args.flow == "ip_cir_ablation":
+        from cirflow.flows.ip_cir import load_ablation_config
+
+        cc = load_ablation_config(args.config)
+    else:
+        cc = load_compare_config(args.config)
     if args.flow == "sweep" and cc.sweep is None:
         raise ConfigError(f"{args.config}: a sweep needs a `sweep` section (param, values, seeds)")
     doc = FLOWS[args.flow](cc.model_dump(mode="json"), progress=not args.json)
@@ -32,6 +41,6 @@ def run(args) -> int:
     print(f"\nstages: {c['computed']} computed, {c.get('resumed', 0)} resumed, {c['cached']} cached "
           f"({doc['wall_seconds']} s)")
     print(f"table: {doc['output_dir']}/comparison.md (.csv, .parquet)")
-    if "plot" in doc:
-        print(f"plot: {doc['plot']}")
+    for plot in [doc["plot"]] if "plot" in doc else list(doc.get("plots", {}).values()):
+        print(f"plot: {plot}")
     return 0

@@ -59,6 +59,8 @@ def preflight(cfg: RunConfig) -> None:
         load_benchmark(b.name, b.data_root, split=b.split, image_root=b.image_root, fiq_join=b.fiq_join,
                        check_images=b.check_images, **group)
     load_template("compose_target_text", b.name, cfg.compose.prompt)
+    if cfg.method == "ip_cir":
+        load_template("plan_layout", b.name, cfg.ip_cir.layout_prompt)
 
 
 def run_config(cfg: RunConfig, progress: bool = True) -> dict:

@@ -14,6 +14,8 @@ _REGISTRY = {
     "pefuse_t2i": ("cirflow.flows.pefuse", "pefuse"),
     "cirevl": ("cirflow.flows.baselines", "cirevl"),
     "ldre": ("cirflow.flows.baselines", "ldre"),
+    "ip_cir": ("cirflow.flows.ip_cir", "ip_cir"),
+    "ip_cir_ablation": ("cirflow.flows.ip_cir", "ip_cir_ablation"),
     "compare": ("cirflow.flows.compare", "compare"),
     "sweep": ("cirflow.flows.compare", "sweep"),
     "refine": ("cirflow.flows.refine", "refine"),

@@ -1,13 +1,12 @@
 """IP-CIR (Imagine and Seek, Li et al. CVPR 2025; ip-cir.txt, metrics-and-methods B.1) on top of a baseline's
 text similarity, and its ablations (paper Tab. 3, Fig. 5, 7, 8) from the same stored stages.
 
-    ingest ─► baseline_query (CIReVL / LDRE / PEFUSE: captions, edits, slot features, text query, gallery)
-       │            │ reference captions
-       │            └─► plan_layout (text LLM) ─► synthesize_proxies (GLIGEN) ─► embed_generated(mean)
-       │                                                                              │ f_p
-       ├─► embed_images (f_q: reference rows; the gallery) ─────────────────────► robust_proxy ◄─ f_t, f_o slots
-       │                                                                              │ f_RP
-       └─► fuse_scores(balance: λ·S_t + (1 − λ)·S_t⊙S_p, S_t = baseline query · G, S_p = f_RP · G) ─► evaluate
+    ingest ─► baseline_query (CIReVL / LDRE / PEFUSE): captions, edits, slot features f_t / f_o, text query
+       │         │ reference captions
+       │         └─► plan_layout (text LLM) ─► synthesize_proxies (GLIGEN) ─► embed_generated(mean): f_p
+       ├─► embed_images: f_q (reference rows) and the gallery
+       └─► robust_proxy(f_p, f_q, f_t, f_o): f_RP ─► fuse_scores(balance) ─► evaluate
+           balance: S = λ·S_t + (1 − λ)·S_t⊙S_p, S_t = baseline query · G, S_p = f_RP · G
 
 Every box is a stored stage: a stored baseline run is reused as is (same stages, same keys), a λ change
 recomputes fuse_scores and evaluate only, a robust-proxy weight change adds robust_proxy, and every ablation
@@ -22,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 from pydantic import Field, field_validator, model_validator
 
 from cirflow.flows.baselines import BaselineQuery, baseline_query
@@ -32,15 +30,13 @@ from cirflow.flows.report import ComparisonReport
 from cirflow.flows.summary import RunSummary, publish
 from cirflow.retrieval.balance import default_lambda
 from cirflow.schemas.config import RunConfig, Strict
+from cirflow.schemas.errors import CirflowError
 from cirflow.storage import Artifact, ArtifactStore
-from cirflow.tasks import robust_proxy
 from cirflow.tasks.lazy import Lazy
 from cirflow.tasks.retrieve import ScoreTerm
-from cirflow.tasks.wrappers import (embed_generated_task, evaluate_task, fuse_scores_task, plan_layout_task,
+from cirflow.tasks.wrappers import (embed_generated_task, robust_proxy_task, evaluate_task, fuse_scores_task, plan_layout_task,
                                     retrieve_task, synthesize_proxies_task)
 
-# TEMPORARY: belongs in cirflow/tasks/wrappers.py beside plan_layout_task (see the issue-4 report)
-robust_proxy_task = task(robust_proxy.run, name="robust_proxy", cache_policy=NO_CACHE, persist_result=False)
 
 
 # ------------------------------------------------------------------------------------------------ building blocks
@@ -91,7 +87,8 @@ def imagine(store, cfg: RunConfig, bench: Artifact, b: BaselineQuery, models: Mo
             progress: bool) -> Imagined:
     ip = cfg.ip_cir
     captions = b.artifacts[0]  # the baseline's reference captions (caption_images), reused, never recomputed
-    assert captions.stage == "caption_images", captions
+    if captions.stage != "caption_images":
+        raise CirflowError(f"ip_cir: expected the baseline's reference captions first, got {captions!r}")
     layouts = plan_layout_task(store, bench, cfg.text_llm(), ip.layout_sampling, captions=captions,
                                prompt=ip.layout_prompt, max_attempts=ip.max_attempts, enrich=ip.enrich,
                                mllm=models.text(), progress=progress)
@@ -176,6 +173,7 @@ class IPCIRAblationConfig(Strict):
     """IP-CIR ablations from stored stages. Every row uses base's baseline, proxies and robust-proxy settings
     except for what the row varies; λ defaults to base.ip_cir.lam or the dataset's value."""
 
+    method: Literal["ip_cir_ablation"] = "ip_cir_ablation"  # lets `cirflow deploy` pick the flow
     name: str = "ip_cir_ablation"
     base: RunConfig
     # Tab. 3: "+PI" / "+PI+RP" rows add the proxy similarity to S_t by a weighted sum (weight of the proxy side,
@@ -203,6 +201,28 @@ class IPCIRAblationConfig(Strict):
         if bad:
             raise ValueError(f"proxy_counts must be in 1..{n} (base.ip_cir.proxies.num_proxies), got {bad}")
         return self
+
+
+def load_ablation_config(path) -> IPCIRAblationConfig:
+    """The YAML file validated strictly; `base` may name a run config file relative to it."""
+    import yaml
+    from pydantic import ValidationError
+
+    from cirflow.schemas.errors import ConfigError
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    if isinstance(raw, dict) and isinstance(raw.get("base"), str):
+        raw["base"] = yaml.safe_load((path.parent / raw["base"]).read_text())
+    try:
+        return IPCIRAblationConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "<root>"
+        raise ConfigError(f"{path}: field '{where}': {err['msg']}") from None
 
 
 def _encoder_label(cfg: RunConfig) -> str:

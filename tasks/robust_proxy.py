@@ -5,7 +5,10 @@ stored proxy-image features, the reference-image features and the baseline's per
                      all failed has no row: its f_p is zeros (counted in `zero_proxy_queries`).
     f_q  references: embed_images of the benchmark, looked up by each query's reference_id.
     f_s  edited / originals: embed_texts(samples="each") of the baseline's edits (id = query_id) and of its
-                     reference captions (id = image_id), n slots each (cirflow.tasks.slots); f_s = mean_i (f_t,i − f_o,i).
+                     reference captions (id = image_id), n slots each (cirflow.tasks.slots);
+                     f_s = mean_i (f_t,i − f_o,i).
+                     A query whose reference has no caption at all (every caption failed) gets f_s = 0 (counted
+                     in `queries_without_reference_caption`).
     f_RP = a_w·f_p + s_w·(max f_p / max f_q)·f_q + t_w·(max f_p / max f_s)·f_s   (cirflow.retrieval.robust_proxy)
 
 Writes an ordinary embeddings table (id = query_id, benchmark query order, not re-normalised), so `retrieve`
@@ -46,8 +49,15 @@ def run(store: ArtifactStore, bench: Artifact, proxies: Artifact, references: Ar
     rids, remb = references.embeddings()
     f_q, refs_missing = align_rows(refs, rids, remb)
     f_t, filled_t = slot_features(edited, qids, n)
-    f_o, filled_o = slot_features(originals, refs, n)
-    f_s = semantic_perturbation(f_t, f_o)
+    # a reference whose captions all failed has no row in `originals`: that query gets no perturbation
+    # (f_s = 0, counted), rather than f_t alone standing in for an edit
+    captioned = set(originals.read(columns=["id"]).column("id").to_pylist())
+    keep = [k for k, r in enumerate(refs) if r in captioned]
+    f_s = np.zeros_like(f_t[0])
+    filled_o = 0
+    if keep:
+        f_o, filled_o = slot_features(originals, [refs[k] for k in keep], n)
+        f_s[keep] = semantic_perturbation(f_t[:, keep], f_o)
     pids, pemb = proxy_embeddings(proxies, f_q.shape[1])
     if pemb.shape[1] != f_q.shape[1]:
         raise CirflowError(f"robust_proxy: proxy features are {pemb.shape[1]}-d but reference features "
@@ -61,7 +71,7 @@ def run(store: ArtifactStore, bench: Artifact, proxies: Artifact, references: Ar
     stats = {"queries": len(qids), "zero_proxy_queries": zero, "queries_without_proxy_row": proxies_missing,
              "zero_proxy_ids": [q for q, h in zip(qids, has) if not h][:20],
              "references_without_features": refs_missing, "filled_edit_slots": filled_t,
-             "filled_caption_slots": filled_o,
+             "filled_caption_slots": filled_o, "queries_without_reference_caption": len(refs) - len(keep),
              "max_f_p": float(f_p[has].max()) if has.any() else 0.0, "max_f_q": float(f_q.max()),
              "max_f_s": float(f_s.max())}
     return run_.finish(stats=stats)

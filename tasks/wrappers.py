@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cirflow.tasks import (build_texts, caption_images, collection, compose_target_text, embed, evaluate, ingest,
                            instructcir_texts, ldre_query, mtcir_texts, mvft_texts, pair_images, plan_layout, release,
-                           retrieve, rewrite_caption, synthesize_images, synthesize_proxies)
+                           retrieve, rewrite_caption, robust_proxy, synthesize_images, synthesize_proxies)
 
 _opts = dict(cache_policy=NO_CACHE, persist_result=False)
 # model stages may meet a restarting server; committed shards survive the retry
@@ -34,6 +34,7 @@ ldre_query_task = task(ldre_query.run, name="ldre_query", **_opts)
 # IP-CIR (issue 4)
 plan_layout_task = task(plan_layout.run, name="plan_layout", **_llm)
 synthesize_proxies_task = task(synthesize_proxies.run, name="synthesize_proxies", **_opts)
+robust_proxy_task = task(robust_proxy.run, name="robust_proxy", **_opts)
 evaluate_task = task(evaluate.run, name="evaluate", **_opts)
 
 # dataset builds (issue 5)

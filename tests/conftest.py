@@ -10,6 +10,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# one intra-op thread, here and in every subprocess a test starts (kill -9 / resume tests compare a subprocess's
+# output with an in-process run: float results must not depend on who had how many threads)
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
 
 
 def pytest_configure(config):
