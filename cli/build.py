@@ -4,12 +4,7 @@ image collection (CoLLM's MTCIR, InstructCIR, MVFT-JI), resumable and incrementa
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
-import yaml
-from pydantic import ValidationError
-
-from cirflow.schemas.errors import ConfigError
+from cirflow.schemas.loading import load
 
 KINDS = ("mtcir", "instructcir", "mvft")
 
@@ -26,18 +21,7 @@ def load_build_config(kind: str, path: str):
     from cirflow.schemas.builds import InstructCIRBuildConfig, MTCIRBuildConfig, MVFTBuildConfig
 
     model = {"mtcir": MTCIRBuildConfig, "instructcir": InstructCIRBuildConfig, "mvft": MVFTBuildConfig}[kind]
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    try:
-        return model.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "<root>"
-        raise ConfigError(f"{path}: field '{where}': {err['msg']}") from None
+    return load(model, path)
 
 
 def run(args) -> int:

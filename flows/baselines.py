@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 from prefect import flow
 
-from cirflow.flows.pefuse import Models, composed_texts, ingest
-from cirflow.flows.summary import RunSummary, publish
+from cirflow.flows.pefuse import Models, composed_texts, ingest, run_groups
 from cirflow.schemas.config import RunConfig
-from cirflow.storage import Artifact, ArtifactStore
+from cirflow.storage import Artifact
 from cirflow.tasks.wrappers import (caption_images_task, embed_images_task, embed_texts_task, evaluate_task,
                                     ldre_query_task, retrieve_task, rewrite_caption_task)
 
@@ -73,17 +72,7 @@ def run_group(store, cfg: RunConfig, group: dict, models: Models, progress: bool
 
 
 def _run(config: dict, progress: bool) -> dict:
-    cfg = RunConfig.model_validate(config)
-    store = ArtifactStore(cfg.store, cfg.storage_options)
-    summary = RunSummary.start(cfg)
-    models = Models.for_config(cfg)
-    try:
-        for group in cfg.benchmark.groups():
-            label = "/".join(group.values()) or cfg.benchmark.name
-            summary.add_group(label, run_group(store, cfg, group, models, progress))
-    finally:
-        models.close()
-    return publish(summary, store)
+    return run_groups(RunConfig.model_validate(config), run_group, progress)
 
 
 @flow(name="cirevl")

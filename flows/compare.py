@@ -10,12 +10,12 @@ import time
 
 from prefect import flow
 
+from cirflow.flows.gpu import uses_gpu
 from cirflow.flows.pefuse import Models, gallery_features, ingest, query_features
 from cirflow.flows.report import ComparisonReport
 from cirflow.schemas.compare import CompareConfig, with_override
 from cirflow.schemas.config import RunConfig
 from cirflow.storage import Artifact, ArtifactStore
-from cirflow.tasks.lazy import Lazy
 from cirflow.tasks.retrieve import ScoreTerm
 from cirflow.tasks.wrappers import evaluate_task, fuse_scores_task, retrieve_task
 
@@ -47,7 +47,9 @@ def compare(config: dict, progress: bool = True) -> dict:
     try:
         for enc in encoders:
             cfg_e = base.model_copy(update={"encoder": enc})
-            models = Models(shared.mllm, Lazy(lambda enc=enc: _open_encoder(enc)), shared.diffusion, shared.llm)
+            models = Models(shared.mllm, shared.gate.lazy(lambda enc=enc: _open_encoder(enc), when=uses_gpu(enc)),
+                            shared.diffusion, shared.llm,
+                            shared.gligen, shared.gate)
             try:
                 for group in base.benchmark.groups():
                     label = "/".join(group.values()) or base.benchmark.name

@@ -23,11 +23,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
 from prefect import flow
 
 from cirflow.schemas.errors import CirflowError, ConfigError
+from cirflow.schemas.loading import read_yaml, validate, with_base
 
 DEFAULT_METHOD = "pefuse"  # RunConfig's default when a config names no method
 ENTRYPOINT = "cirflow.flows.deploy.run_deployment"
@@ -59,14 +58,7 @@ def _validators() -> dict:
     from cirflow.schemas.refine import parse_refine_config
 
     def model(cls):
-        def parse(raw: dict, source: str):
-            try:
-                return cls.model_validate(raw)
-            except ValidationError as e:
-                err = e.errors()[0]
-                where = ".".join(str(x) for x in err["loc"]) or "<root>"
-                raise ConfigError(f"{source}: field '{where}': {err['msg']}") from None
-        return parse
+        return lambda raw, source: validate(cls, raw, source)
 
     run = {m: parse_config for m in ("pefuse", "pefuse_t2i", "cirevl", "ldre", "ip_cir")}
     return run | {"refine": parse_refine_config, "build_mtcir": model(MTCIRBuildConfig),
@@ -83,15 +75,7 @@ def load_deploy_config(path: str | os.PathLike | dict, base_dir: str | os.PathLi
     if isinstance(path, dict):
         raw, source = dict(path), "<config>"
     else:
-        source = str(path)
-        try:
-            raw = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level")
+        raw, source = with_base(read_yaml(path), path), str(path)
     method = raw.get("method") or DEFAULT_METHOD
     if method not in FLOWS:
         raise ConfigError(f"{source}: method {method!r} has no flow (registered: {', '.join(sorted(FLOWS))})")

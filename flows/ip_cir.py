@@ -25,9 +25,8 @@ from prefect import flow
 from pydantic import Field, field_validator, model_validator
 
 from cirflow.flows.baselines import BaselineQuery, baseline_query
-from cirflow.flows.pefuse import Models, ingest
+from cirflow.flows.pefuse import Models, ingest, run_groups
 from cirflow.flows.report import ComparisonReport
-from cirflow.flows.summary import RunSummary, publish
 from cirflow.retrieval.balance import default_lambda
 from cirflow.schemas.config import RunConfig, Strict
 from cirflow.schemas.errors import CirflowError
@@ -63,15 +62,6 @@ class IPCIRGroup:
         i = self.imagined
         return [self.bench, *self.baseline.artifacts, i.layouts, i.images, i.features, self.robust, self.fused,
                 self.evaluation]
-
-
-def gligen_handle(cfg: RunConfig) -> Lazy:
-    def load():
-        from cirflow.models.gligen import load_gligen
-
-        return load_gligen(cfg.ip_cir.proxies)
-
-    return Lazy(load)
 
 
 def lam_of(cfg: RunConfig) -> float:
@@ -146,18 +136,8 @@ def run_group(store, cfg: RunConfig, group: dict, models: Models, gligen: Lazy, 
 def ip_cir(config: dict, progress: bool = True) -> dict:
     cfg = RunConfig.model_validate(config | {"method": "ip_cir"})
     lam_of(cfg)  # an unknown per-dataset λ fails here, before any model loads
-    store = ArtifactStore(cfg.store, cfg.storage_options)
-    summary = RunSummary.start(cfg)
-    models = Models.for_config(cfg)
-    gligen = gligen_handle(cfg)
-    try:
-        for group in cfg.benchmark.groups():
-            label = "/".join(group.values()) or cfg.benchmark.name
-            summary.add_group(label, run_group(store, cfg, group, models, gligen, progress).artifacts())
-    finally:
-        gligen.close()
-        models.close()
-    return publish(summary, store)
+    return run_groups(cfg, lambda store, cfg, group, models, progress:
+                      run_group(store, cfg, group, models, models.gligen, progress).artifacts(), progress)
 
 
 # ------------------------------------------------------------------------------------------------ ablations
@@ -205,24 +185,9 @@ class IPCIRAblationConfig(Strict):
 
 def load_ablation_config(path) -> IPCIRAblationConfig:
     """The YAML file validated strictly; `base` may name a run config file relative to it."""
-    import yaml
-    from pydantic import ValidationError
+    from cirflow.schemas.loading import load
 
-    from cirflow.schemas.errors import ConfigError
-
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    if isinstance(raw, dict) and isinstance(raw.get("base"), str):
-        raw["base"] = yaml.safe_load((path.parent / raw["base"]).read_text())
-    try:
-        return IPCIRAblationConfig.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "<root>"
-        raise ConfigError(f"{path}: field '{where}': {err['msg']}") from None
+    return load(IPCIRAblationConfig, path)
 
 
 def _encoder_label(cfg: RunConfig) -> str:
@@ -241,12 +206,11 @@ def ip_cir_ablation(config: dict, progress: bool = True) -> dict:
     enc = _encoder_label(cfg)
     sections: dict[str, list[tuple[str, object]]] = {"table": [], "components": [], "lambda": [], "proxies": []}
     models = Models.for_config(cfg)
-    gligen = gligen_handle(cfg)
     w = ac.sum_weight
     try:
         for group in cfg.benchmark.groups():
             label = "/".join(group.values()) or cfg.benchmark.name
-            g = run_group(store, cfg, group, models, gligen, progress)
+            g = run_group(store, cfg, group, models, models.gligen, progress)
             bench, b, im = g.bench, g.baseline, g.imagined
 
             def add(section, variant, arts, value=None):
@@ -278,7 +242,6 @@ def ip_cir_ablation(config: dict, progress: bool = True) -> dict:
                 rp = robust(store, cfg, bench, b, feats)
                 add("proxies", f"N={n}", [im.images, feats, rp, *balanced(store, cfg, bench, b, rp, lam)], n)
     finally:
-        gligen.close()
         models.close()
 
     doc = report.publish(store)

@@ -33,6 +33,7 @@ class Models:
     encoder: Lazy
     diffusion: Lazy | None = None
     llm: Lazy | None = None  # the text LLM when it is not the MLLM (rewrite_caption, plan_layout)
+    gligen: Lazy | None = None  # IP-CIR's layout-to-image pipeline
     gate: object = None  # the flow's GPU slot (flows/gpu.py), taken by the first local GPU model load
 
     def text(self) -> Lazy:
@@ -52,11 +53,17 @@ class Models:
 
             diffusion = gate.lazy(lambda: load_pipeline(cfg.diffusion), when=uses_gpu(cfg.diffusion))
         llm = gate.lazy(lambda: load_mllm(cfg.llm), when=uses_gpu(cfg.llm)) if cfg.llm is not None else None
+        gligen = None
+        if cfg.method == "ip_cir":
+            from cirflow.models.gligen import load_gligen
+
+            gligen = gate.lazy(lambda: load_gligen(cfg.ip_cir.proxies), when=uses_gpu(cfg.ip_cir.proxies))
         return cls(gate.lazy(lambda: load_mllm(cfg.mllm), when=uses_gpu(cfg.mllm)),
-                   gate.lazy(lambda: OpenClipEncoder(cfg.encoder), when=uses_gpu(cfg.encoder)), diffusion, llm, gate)
+                   gate.lazy(lambda: OpenClipEncoder(cfg.encoder), when=uses_gpu(cfg.encoder)), diffusion, llm,
+                   gligen, gate)
 
     def close(self) -> None:
-        for m in (self.mllm, self.encoder, self.diffusion, self.llm):
+        for m in (self.mllm, self.encoder, self.diffusion, self.llm, self.gligen):
             if m is not None:
                 m.close()
         if self.gate is not None:
@@ -111,9 +118,10 @@ def run_group(store, cfg: RunConfig, group: dict, models: Models, progress: bool
     return [bench, *queries, *gallery, rankings, evaluate_task(store, bench, rankings)]
 
 
-@flow(name="pefuse")
-def pefuse(config: dict, progress: bool = True) -> dict:
-    cfg = RunConfig.model_validate(config)
+def run_groups(cfg: RunConfig, run_group, progress: bool) -> dict:
+    """The shape every method flow shares: one group per Fashion-IQ category / GeneCIS task (one for the
+    others), models loaded once for all groups, one published summary. `run_group(store, cfg, group, models,
+    progress)` returns the group's artifacts, evaluation last."""
     store = ArtifactStore(cfg.store, cfg.storage_options)
     summary = RunSummary.start(cfg)
     models = Models.for_config(cfg)
@@ -124,3 +132,8 @@ def pefuse(config: dict, progress: bool = True) -> dict:
     finally:
         models.close()
     return publish(summary, store)
+
+
+@flow(name="pefuse")
+def pefuse(config: dict, progress: bool = True) -> dict:
+    return run_groups(RunConfig.model_validate(config), run_group, progress)

@@ -104,6 +104,9 @@ class OpenClipEncoder:
             num_workers=self.cfg.num_workers,
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
+            # Workers start from a clean forkserver, not by forking this process: inside a flow run the process
+            # holds Prefect's threads and event loop, and a fork of a threaded process can die or deadlock.
+            multiprocessing_context="forkserver" if self.cfg.num_workers > 0 else None,
         )
         for rows, pixels, bad in _maybe_tqdm(loader, progress, "images"):
             failures.extend(bad)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from cirflow.schemas.config import Mode, RunConfig, Strict
 from cirflow.schemas.encoder import EncoderConfig
 from cirflow.schemas.errors import ConfigError
+from cirflow.schemas.loading import load
 
 
 class FusionSpec(Strict):
@@ -79,21 +79,4 @@ def with_override(cfg: RunConfig, path: str, value: Any) -> RunConfig:
 
 
 def load_compare_config(path: str | Path) -> CompareConfig:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    if isinstance(raw, dict) and isinstance(raw.get("base"), str):
-        # base may name a run config file, relative to this one
-        base_path = (path.parent / raw["base"]).resolve()
-        try:
-            raw["base"] = yaml.safe_load(base_path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: base config {base_path} not found") from None
-    try:
-        return CompareConfig.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "<root>"
-        raise ConfigError(f"{path}: field '{where}': {err['msg']}") from None
+    return load(CompareConfig, path)

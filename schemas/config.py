@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cirflow.schemas.diffusion import DiffusionConfig
 from cirflow.schemas.encoder import EncoderConfig
-from cirflow.schemas.errors import ConfigError
 from cirflow.schemas.index import IndexConfig
 from cirflow.schemas.layout import ProxyConfig
+from cirflow.schemas.loading import read_yaml, validate
 from cirflow.schemas.mllm import MLLMConfig, SamplingParams
 
 BenchmarkName = Literal["cirr", "circo", "fashioniq", "genecis"]
@@ -164,25 +163,9 @@ class RunConfig(Strict):
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    for k, v in (overrides or {}).items():
-        raw[k] = v
+    raw = read_yaml(path) | dict(overrides or {})
     return parse_config(raw, str(path))
 
 
 def parse_config(raw: dict, source: str = "<config>") -> RunConfig:
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "<root>"
-        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise ConfigError(f"{source}: field '{where}': {err['msg']}{more}") from None
+    return validate(RunConfig, raw, source)

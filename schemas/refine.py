@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from cirflow.schemas.loading import read_yaml, validate
 from cirflow.schemas.config import BenchmarkConfig, Strict
 from cirflow.schemas.encoder import EncoderConfig
-from cirflow.schemas.errors import ConfigError
 from cirflow.schemas.mllm import MLLMConfig, SamplingParams
 from cirflow.schemas.tables import STR_LIST
 
@@ -82,26 +81,11 @@ class RefineConfig(Strict):
 
 
 def parse_refine_config(raw: dict, source: str = "<config>") -> RefineConfig:
-    try:
-        return RefineConfig.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "<root>"
-        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise ConfigError(f"{source}: field '{where}': {err['msg']}{more}") from None
+    return validate(RefineConfig, raw, source)
 
 
 def load_refine_config(path: str | Path) -> RefineConfig:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return parse_refine_config(raw, str(path))
+    return parse_refine_config(read_yaml(path), str(path))
 
 
 # ------------------------------------------------------------------------------------------------ tables

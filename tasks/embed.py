@@ -12,7 +12,6 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from cirflow.models.encoder import OpenClipEncoder
