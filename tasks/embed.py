@@ -32,34 +32,68 @@ def embeddings_table(ids: list[str], emb: np.ndarray) -> pa.Table:
 
 
 def embed_images(store: ArtifactStore, bench: Artifact, cfg: EncoderConfig, *, shard_size: int = 4096,
-                 encoder: Lazy[OpenClipEncoder] | None = None, progress: bool = True) -> Artifact:
+                 encoder: Lazy[OpenClipEncoder] | None = None, reuse: bool = True, progress: bool = True) -> Artifact:
+    """Image features keyed by image_id. `reuse`: features of the same images (same content hash when the table
+    has one — collections —, else same path and crop) stored by an earlier run of this encoder are copied
+    instead of recomputed, so a grown collection or an edited annotation file embeds only the new images."""
     params = {"encoder": cfg.key_fields()}
     run_ = begin(store, "embed_images", VERSION, params, inputs={"bench": bench},
                  runtime={"shard_size": shard_size, "batch_size": cfg.batch_size, "device": cfg.device})
     if run_.cached:
         return run_.artifact
-    images = bench.read("images", columns=["image_id", "path", "crop_box"])
+    images = bench.read("images")
     ids, paths, boxes = (images.column(c).to_pylist() for c in ("image_id", "path", "crop_box"))
+    prints = _fingerprints(images)
+    donor = _donor_features(store, run_) if reuse else {}
     lazy = encoder or Lazy(lambda: OpenClipEncoder(cfg))
+    reused = 0
     shards = list(run_.pending(len(ids), shard_size))
     for shard in tqdm(shards, desc="embed_images", unit="shard", disable=not progress or len(shards) < 2):
         t0 = time.perf_counter()
-        sl = slice(shard.start, shard.stop)
-        emb, failures = lazy.get().encode_images_safe(paths[sl], boxes[sl], progress=progress)
-        failed = {i for i, _ in failures}
-        keep = [i for i in range(len(emb)) if i not in failed]
-        shard_ids = ids[sl]
-        run_.commit(shard, embeddings_table([shard_ids[i] for i in keep], emb[keep]),
-                    seconds=time.perf_counter() - t0)
+        rows = range(shard.start, shard.stop)
+        todo = [r for r in rows if prints[r] not in donor]
+        emb, failures = (lazy.get().encode_images_safe([paths[r] for r in todo], [boxes[r] for r in todo],
+                                                        progress=progress) if todo else (None, []))
+        computed = {r: emb[k] for k, r in enumerate(todo)} if todo else {}
+        failed = {todo[k] for k, _ in failures}
+        keep = [r for r in rows if r not in failed]
+        reused += len(rows) - len(todo)
+        vectors = np.stack([donor[prints[r]] if r not in computed else computed[r] for r in keep]) if keep else \
+            np.zeros((0, lazy.get().dim), np.float32)
+        run_.commit(shard, embeddings_table([ids[r] for r in keep], vectors), seconds=time.perf_counter() - t0)
         # unreadable images are recorded beside the features, never replaced by zeros
         fail_shard = type(shard)("failures", shard.index, shard.start, shard.stop)
         run_.commit(fail_shard, pa.Table.from_pylist(
-            [{"id": shard_ids[i], "path": paths[sl][i], "error": str(r)} for i, r in failures], schema=FAILURES))
+            [{"id": ids[todo[k]], "path": paths[todo[k]], "error": str(e)} for k, e in failures], schema=FAILURES))
     failures = run_.committed("failures")
-    return run_.finish(stats={"images": len(ids), "failed": failures.num_rows,
+    return run_.finish(stats={"images": len(ids), "failed": failures.num_rows, "reused_this_run": reused,
                               "failures": failures.slice(0, 20).to_pylist(),
                               "dim": lazy.get().dim if lazy.loaded else None},
                        timings=_per_item(run_, len(ids)))
+
+
+def _fingerprints(images: pa.Table) -> list[tuple]:
+    """What makes two image rows the same pixels: the content hash where the table has one, else path and crop."""
+    if "sha256" in images.column_names:
+        return [("sha256", h) for h in images.column("sha256").to_pylist()]
+    return [("path", p, tuple(b) if b else None)
+            for p, b in zip(images.column("path").to_pylist(), images.column("crop_box").to_pylist())]
+
+
+def _donor_features(store: ArtifactStore, run_) -> dict[tuple, np.ndarray]:
+    """fingerprint -> feature from the newest other embed_images artifact with exactly these params."""
+    others = [m for m in store.manifests()
+              if m.stage == "embed_images" and m.key != run_.key and m.version == run_.version and m.params == run_.params]
+    if not others:
+        return {}
+    donor = store.open("embed_images", max(others, key=lambda m: m.created_at).key)
+    try:
+        source = store.find(donor.manifest.inputs["bench"])
+        prints = dict(zip(source.read("images").column("image_id").to_pylist(), _fingerprints(source.read("images"))))
+        ids, emb = donor.embeddings()
+    except Exception:  # noqa: BLE001 - a donor that cannot be read is just not used; the features get computed
+        return {}
+    return {prints[i]: emb[k] for k, i in enumerate(ids) if i in prints}
 
 
 def embed_texts(store: ArtifactStore, cfg: EncoderConfig, *, bench: Artifact, texts: Artifact | None = None,
