@@ -31,6 +31,17 @@ def get_flow(method: str):
     return getattr(import_module(module), name)
 
 
+def with_executor(flow_obj, config: dict):
+    """The flow on the task runner its config asks for (comparison configs carry it in `base`)."""
+    ex = (config.get("base") if isinstance(config.get("base"), dict) else config).get("executor") or {}
+    if ex.get("kind") != "ray":
+        return flow_obj
+    from prefect_ray import RayTaskRunner
+
+    return flow_obj.with_options(task_runner=RayTaskRunner(address=ex.get("address"),
+                                                           init_kwargs=ex.get("init_kwargs") or {}))
+
+
 class _Flows(dict):
     """FLOWS[method](config, progress=...) runs the flow."""
 
@@ -38,4 +49,5 @@ class _Flows(dict):
         raise KeyError(f"unknown method {method!r}; known: {', '.join(_REGISTRY)}")
 
 
-FLOWS = _Flows({m: (lambda config, progress=True, _m=m: get_flow(_m)(config, progress=progress)) for m in _REGISTRY})
+FLOWS = _Flows({m: (lambda config, progress=True, _m=m: with_executor(get_flow(_m), config)(config, progress=progress))
+                for m in _REGISTRY})

@@ -12,13 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefect import flow
-
 from cirflow.flows.pefuse import Models, composed_texts, ingest, run_groups
 from cirflow.schemas.config import RunConfig
 from cirflow.storage import Artifact
-from cirflow.tasks.wrappers import (caption_images_task, embed_images_task, embed_texts_task, evaluate_task,
-                                    ldre_query_task, retrieve_task, rewrite_caption_task)
+from cirflow.tasks.wrappers import (
+    caption_images_task,
+    embed_images_task,
+    embed_texts_task,
+    evaluate_task,
+    ldre_query_task,
+    retrieve_task,
+    rewrite_caption_task,
+)
+from prefect import flow
 
 
 @dataclass

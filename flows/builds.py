@@ -17,18 +17,28 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
-from prefect import flow
-
 from cirflow.models.encoder import OpenClipEncoder
 from cirflow.models.mllm.cache import CachedMLLM
 from cirflow.models.mllm.factory import load_mllm
-from cirflow.schemas.builds import InstructCIRBuildConfig, MTCIRBuildConfig, MVFTBuildConfig
+from cirflow.schemas.builds import (
+    InstructCIRBuildConfig,
+    MTCIRBuildConfig,
+    MVFTBuildConfig,
+)
 from cirflow.storage import Artifact, ArtifactStore
 from cirflow.tasks.lazy import Lazy
-
-from cirflow.tasks.wrappers import (caption_collection_task, embed_images_task, ingest_collection_task,
-                                    instructcir_texts_task, mtcir_texts_task, mvft_texts_task, pair_groups_task,
-                                    random_pairs_task, release_task)
+from cirflow.tasks.wrappers import (
+    caption_collection_task,
+    embed_images_task,
+    ingest_collection_task,
+    instructcir_texts_task,
+    mtcir_texts_task,
+    mvft_texts_task,
+    pair_groups_task,
+    random_pairs_task,
+    release_task,
+)
+from prefect import flow
 
 
 def _models(stack: ExitStack, cfg) -> tuple[CachedMLLM, CachedMLLM]:

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import time
 
-from prefect import flow
-
 from cirflow.flows.gpu import uses_gpu
 from cirflow.flows.pefuse import Models, gallery_features, ingest, query_features
 from cirflow.flows.report import ComparisonReport
 from cirflow.schemas.compare import CompareConfig, with_override
 from cirflow.schemas.config import RunConfig
 from cirflow.storage import Artifact, ArtifactStore
+from cirflow.tasks.distributed import partitions
 from cirflow.tasks.retrieve import ScoreTerm
 from cirflow.tasks.wrappers import evaluate_task, fuse_scores_task, retrieve_task
+from prefect import flow
 
 
 def _encoder_label(cfg: RunConfig) -> str:
@@ -39,6 +39,11 @@ def _variant(store, cfg: RunConfig, group: dict, models: Models, progress: bool)
 @flow(name="compare")
 def compare(config: dict, progress: bool = True) -> dict:
     cc = CompareConfig.model_validate(config)
+    with partitions(cc.base.executor.world()):
+        return _compare(cc, progress)
+
+
+def _compare(cc: CompareConfig, progress: bool) -> dict:
     base = cc.base
     store = ArtifactStore(base.store, base.storage_options)
     report = ComparisonReport(cc.name, base, started=time.perf_counter())
@@ -82,6 +87,11 @@ def _open_encoder(enc):
 def sweep(config: dict, progress: bool = True) -> dict:
     """One parameter over values × seeds; every other stage comes from the store."""
     cc = CompareConfig.model_validate(config)
+    with partitions(cc.base.executor.world()):
+        return _sweep(cc, progress)
+
+
+def _sweep(cc: CompareConfig, progress: bool) -> dict:
     if cc.sweep is None:
         raise ValueError("a sweep config needs a `sweep` section")
     sw, base = cc.sweep, cc.base

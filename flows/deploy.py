@@ -23,10 +23,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
-
 from cirflow.schemas.errors import CirflowError, ConfigError
 from cirflow.schemas.loading import read_yaml, validate, with_base
+from prefect import flow
 
 DEFAULT_METHOD = "pefuse"  # RunConfig's default when a config names no method
 ENTRYPOINT = "cirflow.flows.deploy.run_deployment"
@@ -52,7 +51,11 @@ def run_deployment(config: dict, progress: bool = False) -> dict:
 
 
 def _validators() -> dict:
-    from cirflow.schemas.builds import InstructCIRBuildConfig, MTCIRBuildConfig, MVFTBuildConfig
+    from cirflow.schemas.builds import (
+        InstructCIRBuildConfig,
+        MTCIRBuildConfig,
+        MVFTBuildConfig,
+    )
     from cirflow.schemas.compare import CompareConfig
     from cirflow.schemas.config import parse_config
     from cirflow.schemas.refine import parse_refine_config

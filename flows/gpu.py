@@ -54,7 +54,10 @@ def ensure_limit(name: str | None = None, limit: int | None = None) -> bool:
     """Create the global concurrency limit `name` with `limit` slots if it does not exist (an existing one is
     left as configured, and made active if it was switched off). Returns True when it was created."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.client.schemas.actions import (
+        GlobalConcurrencyLimitCreate,
+        GlobalConcurrencyLimitUpdate,
+    )
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     name = limit_name(name)

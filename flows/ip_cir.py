@@ -21,9 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from prefect import flow
-from pydantic import Field, field_validator, model_validator
-
 from cirflow.flows.baselines import BaselineQuery, baseline_query
 from cirflow.flows.pefuse import Models, ingest, run_groups
 from cirflow.flows.report import ComparisonReport
@@ -33,9 +30,17 @@ from cirflow.schemas.errors import CirflowError
 from cirflow.storage import Artifact, ArtifactStore
 from cirflow.tasks.lazy import Lazy
 from cirflow.tasks.retrieve import ScoreTerm
-from cirflow.tasks.wrappers import (embed_generated_task, robust_proxy_task, evaluate_task, fuse_scores_task, plan_layout_task,
-                                    retrieve_task, synthesize_proxies_task)
-
+from cirflow.tasks.wrappers import (
+    embed_generated_task,
+    evaluate_task,
+    fuse_scores_task,
+    plan_layout_task,
+    retrieve_task,
+    robust_proxy_task,
+    synthesize_proxies_task,
+)
+from prefect import flow
+from pydantic import Field, field_validator, model_validator
 
 
 # ------------------------------------------------------------------------------------------------ building blocks

@@ -14,15 +14,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefect import flow
-
 from cirflow.flows.summary import RunSummary, publish
 from cirflow.schemas.config import RunConfig
 from cirflow.storage import Artifact, ArtifactStore
+from cirflow.tasks.distributed import partitions
 from cirflow.tasks.lazy import Lazy
-from cirflow.tasks.wrappers import (caption_images_task, compose_target_text_task, embed_generated_task,
-                                    embed_images_task, embed_texts_task, evaluate_task, ingest_task, retrieve_task,
-                                    synthesize_images_task)
+from cirflow.tasks.wrappers import (
+    caption_images_task,
+    compose_target_text_task,
+    embed_generated_task,
+    embed_images_task,
+    embed_texts_task,
+    evaluate_task,
+    ingest_task,
+    retrieve_task,
+    synthesize_images_task,
+)
+from prefect import flow
 
 
 @dataclass
@@ -126,9 +134,10 @@ def run_groups(cfg: RunConfig, run_group, progress: bool) -> dict:
     summary = RunSummary.start(cfg)
     models = Models.for_config(cfg)
     try:
-        for group in cfg.benchmark.groups():
-            label = "/".join(group.values()) or cfg.benchmark.name
-            summary.add_group(label, run_group(store, cfg, group, models, progress))
+        with partitions(cfg.executor.world()):
+            for group in cfg.benchmark.groups():
+                label = "/".join(group.values()) or cfg.benchmark.name
+                summary.add_group(label, run_group(store, cfg, group, models, progress))
     finally:
         models.close()
     return publish(summary, store)

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
-
 from cirflow.flows.gpu import GpuGate, uses_gpu
 from cirflow.models.encoder import OpenClipEncoder
 from cirflow.models.mllm.factory import load_mllm
@@ -21,6 +18,8 @@ from cirflow.schemas.refine import RefineConfig
 from cirflow.storage import ArtifactStore
 from cirflow.tasks import embed, ingest
 from cirflow.tasks import refine_benchmark as rb
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 
 _opts = dict(cache_policy=NO_CACHE, persist_result=False)
 # Local wrappers (tasks/wrappers.py is shared; these can move there as they are).

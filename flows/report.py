@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
-
 from cirflow.flows.summary import average_groups, group_metrics
 from cirflow.schemas.config import RunConfig
 from cirflow.storage import Artifact, ArtifactStore

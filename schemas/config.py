@@ -115,6 +115,20 @@ class RetrieveConfig(Strict):
     circo_exclude_reference: bool = False  # protocol deviation: recorded in the key and the run summary
 
 
+class ExecutorConfig(Strict):
+    """Where tasks run. "local": in the flow's process. "ray": Prefect's RayTaskRunner; the per-item model stages
+    (compose, caption, synthesize, embed images) then run as `workers` shard partitions on the cluster, all
+    committing to the shared store (use an fsspec URL every worker can reach, e.g. s3://...)."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None  # ray://head:10001 or "auto"; None starts a local Ray cluster
+    workers: int = Field(1, ge=1)  # partitions per sharded stage, e.g. the number of GPUs
+    init_kwargs: dict = Field(default_factory=dict)  # extra ray.init arguments (num_cpus, num_gpus, runtime_env)
+
+    def world(self) -> int:
+        return self.workers if self.kind == "ray" else 1
+
+
 Mode = Literal["t2i", "i2i", "t2t", "i2t"]
 
 
@@ -127,6 +141,7 @@ class RunConfig(Strict):
     storage_options: dict = Field(default_factory=dict)
     output_dir: str = ".cirflow/runs"  # submission files, metrics tables, run summaries
     gpu_limit: str | None = None  # Prefect global concurrency limit gating local GPU model loads ($CIRFLOW_GPU_LIMIT)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     benchmark: BenchmarkConfig
     mllm: MLLMConfig
     llm: MLLMConfig | None = None  # text LLM for rewrite_caption / plan_layout (CIReVL, LDRE, IP-CIR); default: mllm

@@ -18,15 +18,38 @@ from __future__ import annotations
 import io
 import posixpath
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from cirflow.storage.keys import canonical, stage_key
-from cirflow.storage.manifest import COMMITS, MANIFEST, FileRecord, Manifest, ShardRecord, host_info, library_versions, now
+from cirflow.storage.manifest import (
+    COMMITS,
+    MANIFEST,
+    FileRecord,
+    Manifest,
+    ShardRecord,
+    host_info,
+    library_versions,
+    now,
+)
 from cirflow.storage.store import Artifact, ArtifactStore, safe_relpath, sha256_bytes
+
+# (rank, world) while a stage runs as one of `world` partitions on a distributed worker (datatrove's ranks):
+# it computes the shards whose index % world == rank and leaves the manifest to the driver's final pass.
+_PARTITION: ContextVar[tuple[int, int] | None] = ContextVar("cirflow_shard_partition", default=None)
+
+
+@contextmanager
+def shard_partition(rank: int, world: int):
+    token = _PARTITION.set((rank, world))
+    try:
+        yield
+    finally:
+        _PARTITION.reset(token)
 
 
 @dataclass(frozen=True)
@@ -135,6 +158,10 @@ class StageRun:
         wanted = {s.name for s in shards}
         for name in [n for n, r in self._commits.items() if r.table == table and n not in wanted]:
             del self._commits[name]
+        partition = _PARTITION.get()
+        if partition is not None:
+            rank, world = partition
+            shards = [s for s in shards if s.index % world == rank]
         for shard in shards:
             if self._is_committed(shard):
                 self.report.shards_skipped += 1
@@ -193,6 +220,8 @@ class StageRun:
     def finish(self, stats: Mapping[str, Any] | None = None, timings: Mapping[str, float] | None = None) -> Artifact:
         if self.cached:
             return self.artifact
+        if _PARTITION.get() is not None:
+            return None  # a partition worker: the driver writes the manifest once every shard is committed
         if self.report.shards_skipped:
             # some (or all) shards were committed by an interrupted run
             self.report.status = "resumed"

@@ -8,23 +8,44 @@ granularity either way.
 
 from __future__ import annotations
 
+from cirflow.tasks import (
+                           build_texts,
+                           caption_images,
+                           collection,
+                           compose_target_text,
+                           embed,
+                           evaluate,
+                           ingest,
+                           instructcir_texts,
+                           ldre_query,
+                           mtcir_texts,
+                           mvft_texts,
+                           pair_images,
+                           plan_layout,
+                           release,
+                           retrieve,
+                           rewrite_caption,
+                           robust_proxy,
+                           synthesize_images,
+                           synthesize_proxies,
+)
+from cirflow.tasks.distributed import Sharded
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-
-from cirflow.tasks import (build_texts, caption_images, collection, compose_target_text, embed, evaluate, ingest,
-                           instructcir_texts, ldre_query, mtcir_texts, mvft_texts, pair_images, plan_layout, release,
-                           retrieve, rewrite_caption, robust_proxy, synthesize_images, synthesize_proxies)
 
 _opts = dict(cache_policy=NO_CACHE, persist_result=False)
 # model stages may meet a restarting server; committed shards survive the retry
 _llm = dict(retries=1, retry_delay_seconds=10, **_opts)
 
 ingest_task = task(ingest.run, name="ingest", **_opts)
-compose_target_text_task = task(compose_target_text.run, name="compose_target_text", **_llm)
-caption_images_task = task(caption_images.run, name="caption_images", **_llm)
+# per-item model stages fan out over workers when the flow runs on a distributed task runner (tasks/distributed.py)
+compose_target_text_task = Sharded(compose_target_text.run,
+                                   task(compose_target_text.run, name="compose_target_text", **_llm))
+caption_images_task = Sharded(caption_images.run, task(caption_images.run, name="caption_images", **_llm))
 rewrite_caption_task = task(rewrite_caption.run, name="rewrite_caption", **_llm)
-synthesize_images_task = task(synthesize_images.run, name="synthesize_images", **_opts)
-embed_images_task = task(embed.embed_images, name="embed_images", **_opts)
+synthesize_images_task = Sharded(synthesize_images.run,
+                                 task(synthesize_images.run, name="synthesize_images", **_opts))
+embed_images_task = Sharded(embed.embed_images, task(embed.embed_images, name="embed_images", **_opts))
 embed_texts_task = task(embed.embed_texts, name="embed_texts", **_opts)
 embed_generated_task = task(embed.embed_generated, name="embed_generated", **_opts)
 retrieve_task = task(retrieve.run, name="retrieve", **_opts)
