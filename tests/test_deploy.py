@@ -211,3 +211,58 @@ def test_deploy_config_errors_are_one_line(tmp_path, run_config, capsys):
     typo = yaml.safe_load(run_config.read_text()) | {"compse": {}}
     with pytest.raises(Exception, match="compse"):
         load_deploy_config(typo)
+
+
+@pytest.fixture(scope="module")
+def build_config(tmp_path_factory, tiny_models) -> Path:
+    """An MVFT-JI-style build over a small generated collection, with a release folder."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("build-cfg")
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]):
+        (d / "images" / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (48, 48), colour).save(d / "images" / f"class{i % 2}" / f"{i}.png")
+    short = {"max_tokens": 6}
+    cfg = {"method": "build_mvft", "name": "nightly-mvft", "store": str(d / "store"),
+           "collection": {"kind": "folder", "uri": str(d / "images")},
+           "mllm": {"backend": "transformers", "model": str(tiny_models["mllm"]), "device": "cpu"},
+           "captions": {"sampling": short}, "texts": {"sampling": short, "target_sampling": short},
+           "release": {"out_dir": str(d / "release"), "name": "nightly-mvft"}}
+    path = d / "build.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_scheduled_build_deployment_completes(server, build_config, tmp_path):
+    """`cirflow deploy` registers a dataset build with a schedule; a scheduled (not manual) run completes and the
+    build's release is on disk."""
+    t0 = time.monotonic()
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "cirflow.cli.deploy", str(build_config), "--name", "build-every-10s",
+                             "--interval", "10", "--serve"], cwd=build_config.parent,
+                            env=_env(tmp_path / "serve-home", server, PREFECT_RUNNER_POLL_FREQUENCY=2),
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while time.monotonic() - t0 < 110:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                with _client(server) as c:
+                    dep = c.read_deployment_by_name("cirflow/build-every-10s")
+            except Exception:  # noqa: BLE001 - not registered yet
+                time.sleep(1)
+                continue
+            runs = _runs(server, dep.id)
+            bad = [r for r in runs if r.state and (r.state.is_failed() or r.state.is_crashed())]
+            assert not bad, (bad[0].state, (tmp_path / "serve.log").read_text()[-3000:])
+            if [r for r in runs if r.state and r.state.is_completed() and r.auto_scheduled]:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"no scheduled build completed in 110 s: {(tmp_path / 'serve.log').read_text()[-3000:]}")
+        assert dep.parameters["config"]["method"] == "build_mvft"
+        card = (build_config.parent / "release" / "README.md").read_text()
+        assert "nightly-mvft" in card
+        assert list((build_config.parent / "release" / "data").glob("*.parquet"))
+    finally:
+        _stop(proc)
+        log.close()
