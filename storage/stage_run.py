@@ -129,6 +129,8 @@ class StageRun:
             except ValueError:
                 continue
             self._commits[rec.name] = rec
+        if _PARTITION.get() is not None:
+            return  # sibling partitions may be writing their temporary files right now; the driver cleans up
         for path in self.store.fs.ls(self.dir, detail=False):
             if ".tmp-" in posixpath.basename(path):
                 self.store.fs.rm(path)

@@ -118,3 +118,22 @@ def test_any_fsspec_root(tmp_path):
     assert run.report.status == "computed"
     assert ArtifactStore("memory://cirflow-test-store").open("toy", art.key).read().num_rows == 10
     assert store.verify() == []
+
+
+def test_partitions_compute_disjoint_shards_and_leave_the_manifest_to_the_driver(tmp_path):
+    from cirflow.storage.stage_run import shard_partition
+
+    store = ArtifactStore(str(tmp_path))
+    done = {}
+    for rank in range(2):
+        with shard_partition(rank, 2):
+            run = begin(store, "toy", "1", {"a": 1}, inputs={}, schemas={"data": SCHEMA})
+            done[rank] = [s.index for s in run.pending(10, 2)]
+            for s in run.pending(10, 2):
+                run.commit(s, pa.table({"x": list(range(s.start, s.stop))}))
+            assert run.finish() is None  # a partition never writes the manifest
+    assert done == {0: [0, 2, 4], 1: [1, 3]}
+    assert not store.has("toy", run.key)
+    driver, art = _run(store, shard=2)
+    assert (driver.report.status, driver.report.shards_computed, driver.report.shards_skipped) == ("resumed", 0, 5)
+    assert art.read().column("x").to_pylist() == list(range(10))
