@@ -37,9 +37,8 @@ def run(args) -> int:
         print(json.dumps(doc, indent=2, default=str))
         return 0
     print(doc["markdown"])
-    c = doc["stage_counts"]
-    print(f"\nstages: {c['computed']} computed, {c.get('resumed', 0)} resumed, {c['cached']} cached "
-          f"({doc['wall_seconds']} s)")
+    counts = ", ".join(f"{n} {status}" for status, n in doc["stage_counts"].items())
+    print(f"\nstages: {counts} ({doc['wall_seconds']} s)")
     print(f"table: {doc['output_dir']}/comparison.md (.csv, .parquet)")
     for plot in [doc["plot"]] if "plot" in doc else list(doc.get("plots", {}).values()):
         print(f"plot: {plot}")

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
-from cirflow.flows.summary import average_groups, group_metrics
+from cirflow.flows.summary import average_groups, computed_by_stage, distinct_stages, group_metrics
 from cirflow.schemas.config import RunConfig
 from cirflow.storage import Artifact, ArtifactStore
 
@@ -65,11 +65,10 @@ class ComparisonReport:
     def publish(self, store: ArtifactStore) -> dict:
         table = self.table()
         stages = self.stages()
-        # an artifact reused by several variants is counted once per run, by its first appearance
-        first: dict[str, dict] = {}
-        for s in stages:
-            first.setdefault(s["key"], s)
-        counts = {st: sum(1 for s in first.values() if s["status"] == st) for st in ("computed", "resumed", "cached")}
+        # an artifact reused by several variants is counted once per run
+        counts = {"computed": 0, "resumed": 0, "cached": 0}
+        for s in distinct_stages(stages):
+            counts[s["status"]] = counts.get(s["status"], 0) + 1
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         out = Path(self.base.output_dir) / self.name / stamp
         out.mkdir(parents=True, exist_ok=True)
@@ -80,6 +79,7 @@ class ComparisonReport:
         pl.DataFrame(stages).write_csv(out / "stages.csv")
         doc = {"name": self.name, "benchmark": self.base.benchmark.name, "store": store.url, "output_dir": str(out),
                "table": table.to_dicts(), "markdown": md, "stage_counts": counts, "stages": stages,
+               "computed_by_stage": computed_by_stage(stages),
                "wall_seconds": round(time.perf_counter() - self.started, 3)}
         if self.sweep is not None:
             doc["plot"] = str(self.plot(table, out / "sweep.png"))

@@ -44,6 +44,21 @@ def average_groups(per_group: dict[str, dict[str, float]]) -> dict[str, float]:
     return {m: sum(g[m] for g in groups) / len(groups) for m in sorted(common)}
 
 
+def distinct_stages(stages: list[dict]) -> list[dict]:
+    """Each artifact once, at its first appearance: variants that share an artifact did not compute it twice."""
+    seen: set[str] = set()
+    return [s for s in stages if not (s["key"] in seen or seen.add(s["key"]))]
+
+
+def computed_by_stage(stages: list[dict]) -> dict[str, int]:
+    """stage -> number of distinct artifacts this run produced (computed, resumed or distributed, not cached)."""
+    out: dict[str, int] = {}
+    for s in distinct_stages(stages):
+        if s["status"] != "cached":
+            out[s["stage"]] = out.get(s["stage"], 0) + 1
+    return out
+
+
 def _peak_gpu_memory() -> float | None:
     try:
         import torch
@@ -76,6 +91,7 @@ def build(summary: RunSummary, store: ArtifactStore) -> dict:
         "encoder": {"model": cfg.encoder.model, "pretrained": cfg.encoder.pretrained},
         "mllm": {"backend": cfg.mllm.backend, "model": cfg.mllm.model},
         "stages": stages,
+        "computed_by_stage": computed_by_stage(stages),
         "metrics": average_groups(per_group),
         "groups": per_group if len(per_group) > 1 else {},
         "submission_files": files,
@@ -163,6 +179,7 @@ def merge(docs: list[dict]) -> dict:
     out["benchmark"] = "+".join(d["benchmark"] for d in docs)
     out["stages"] = [s | {"label": f"{d['benchmark']}:{s['label']}" if s["label"] != d["benchmark"] else s["label"]}
                      for d in docs for s in d["stages"]]
+    out["computed_by_stage"] = computed_by_stage(out["stages"])
     out["metrics"] = {f"{d['benchmark']}/{m}": v for d in docs for m, v in d["metrics"].items()}
     out["groups"] = {d["benchmark"]: d["metrics"] for d in docs}
     out["submission_files"] = [f for d in docs for f in d["submission_files"]]

@@ -10,12 +10,12 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-
 from cirflow.models.mllm.server import free_port
 
 pytestmark = pytest.mark.slow
@@ -96,50 +96,57 @@ def _runs(url: str, deployment_id):
         return c.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
 
 
-def test_scheduled_run_of_a_served_deployment_completes(server, run_config, tmp_path):
+@contextmanager
+def served_until_scheduled_run(server: str, config: Path, name: str, tmp_path: Path):
+    """`cirflow deploy CONFIG --name NAME --interval 10 --serve` in a subprocess until an auto-scheduled (not
+    manual) run of the deployment has completed; yields the deployment, stops the server process afterwards."""
     t0 = time.monotonic()
-    log = open(tmp_path / "serve.log", "wb")
+    log_path = tmp_path / "serve.log"
+    log = open(log_path, "wb")
     # relative paths in the config resolve against the deploying process's cwd (the config's folder here)
-    proc = subprocess.Popen([sys.executable, "-m", "cirflow.cli.deploy", str(run_config), "--name", "every-10s",
-                             "--interval", "10", "--serve"], cwd=run_config.parent,
+    proc = subprocess.Popen([sys.executable, "-m", "cirflow.cli.deploy", str(config), "--name", name,
+                             "--interval", "10", "--serve"], cwd=config.parent,
                             env=_env(tmp_path / "serve-home", server, PREFECT_RUNNER_POLL_FREQUENCY=2),
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         dep = None
         while time.monotonic() - t0 < 110:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            with _client(server) as c:
-                try:
-                    dep = dep or c.read_deployment_by_name("cirflow/every-10s")
-                except Exception:  # noqa: BLE001 - not registered yet
-                    time.sleep(1)
-                    continue
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            try:
+                with _client(server) as c:
+                    dep = dep or c.read_deployment_by_name(f"cirflow/{name}")
+            except Exception:  # noqa: BLE001 - not registered yet
+                time.sleep(1)
+                continue
             runs = _runs(server, dep.id)
-            done = [r for r in runs if r.state and r.state.is_completed() and r.auto_scheduled]
             bad = [r for r in runs if r.state and (r.state.is_failed() or r.state.is_crashed())]
-            assert not bad, (bad[0].state, (tmp_path / "serve.log").read_text()[-3000:])
-            if done:
+            assert not bad, (bad[0].state, log_path.read_text()[-3000:])
+            if [r for r in runs if r.state and r.state.is_completed() and r.auto_scheduled]:
                 break
             time.sleep(1)
         else:
-            pytest.fail(f"no scheduled run completed in 110 s: {(tmp_path / 'serve.log').read_text()[-3000:]}")
+            pytest.fail(f"no scheduled run of {name} completed in 110 s: {log_path.read_text()[-3000:]}")
         print(f"\nscheduled run completed {time.monotonic() - t0:.1f} s after `cirflow deploy --serve` started")
-        assert dep.schedules[0].schedule.interval.total_seconds() == 10
-        cfg = dep.parameters["config"]
-        assert cfg["method"] == "pefuse_t2i" and cfg["store"] == str(run_config.parent / "store")
-        assert cfg["compose"]["prompt"] == str(run_config.parent / "prompt.txt")
-        summaries = list((run_config.parent / "runs" / "deploy-test").glob("*/summary.json"))
-        assert summaries and "recall@1" in json.loads(summaries[0].read_text())["metrics"]
+        yield dep
     finally:
         _stop(proc)
         log.close()
     assert time.monotonic() - t0 < 120
 
 
-def test_work_pool_deployment_runs_on_a_process_worker(server, run_config, tmp_path, capsys):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+def test_scheduled_run_of_a_served_deployment_completes(server, run_config, tmp_path):
+    with served_until_scheduled_run(server, run_config, "every-10s", tmp_path) as dep:
+        assert dep.schedules[0].schedule.interval.total_seconds() == 10
+        cfg = dep.parameters["config"]
+        assert cfg["method"] == "pefuse_t2i" and cfg["store"] == str(run_config.parent / "store")
+        assert cfg["compose"]["prompt"] == str(run_config.parent / "prompt.txt")
+        summaries = list((run_config.parent / "runs" / "deploy-test").glob("*/summary.json"))
+        assert summaries and "recall@1" in json.loads(summaries[0].read_text())["metrics"]
 
+
+def test_work_pool_deployment_runs_on_a_process_worker(server, run_config, tmp_path, capsys):
     from cirflow.cli.deploy import main as deploy_main
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     t0 = time.monotonic()
     cwd = os.getcwd()
@@ -195,10 +202,9 @@ def test_gpu_slot_holders_never_overlap_and_the_limit_is_created(server, tmp_pat
 
 
 def test_deploy_config_errors_are_one_line(tmp_path, run_config, capsys):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from cirflow.cli.deploy import main as deploy_main
     from cirflow.flows.deploy import load_deploy_config
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(yaml.safe_load(run_config.read_text()) | {"method": "nope"}))
@@ -236,33 +242,8 @@ def build_config(tmp_path_factory, tiny_models) -> Path:
 def test_scheduled_build_deployment_completes(server, build_config, tmp_path):
     """`cirflow deploy` registers a dataset build with a schedule; a scheduled (not manual) run completes and the
     build's release is on disk."""
-    t0 = time.monotonic()
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "cirflow.cli.deploy", str(build_config), "--name", "build-every-10s",
-                             "--interval", "10", "--serve"], cwd=build_config.parent,
-                            env=_env(tmp_path / "serve-home", server, PREFECT_RUNNER_POLL_FREQUENCY=2),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        while time.monotonic() - t0 < 110:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                with _client(server) as c:
-                    dep = c.read_deployment_by_name("cirflow/build-every-10s")
-            except Exception:  # noqa: BLE001 - not registered yet
-                time.sleep(1)
-                continue
-            runs = _runs(server, dep.id)
-            bad = [r for r in runs if r.state and (r.state.is_failed() or r.state.is_crashed())]
-            assert not bad, (bad[0].state, (tmp_path / "serve.log").read_text()[-3000:])
-            if [r for r in runs if r.state and r.state.is_completed() and r.auto_scheduled]:
-                break
-            time.sleep(1)
-        else:
-            pytest.fail(f"no scheduled build completed in 110 s: {(tmp_path / 'serve.log').read_text()[-3000:]}")
+    with served_until_scheduled_run(server, build_config, "build-every-10s", tmp_path) as dep:
         assert dep.parameters["config"]["method"] == "build_mvft"
         card = (build_config.parent / "release" / "README.md").read_text()
         assert "nightly-mvft" in card
         assert list((build_config.parent / "release" / "data").glob("*.parquet"))
-    finally:
-        _stop(proc)
-        log.close()

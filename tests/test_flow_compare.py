@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from cirflow.flows import FLOWS
 from cirflow.schemas.compare import CompareConfig
 
@@ -38,18 +37,6 @@ def _encoder(tiny_models, name):
     return {"model": f"local-dir:{tiny_models[name]}", "device": "cpu", "num_workers": 0}
 
 
-def _computed(doc) -> dict[str, int]:
-    """stage -> number of distinct artifacts computed in this run"""
-    seen, out = set(), {}
-    for s in doc["stages"]:
-        if s["key"] in seen:
-            continue
-        seen.add(s["key"])
-        if s["status"] != "cached":
-            out[s["stage"]] = out.get(s["stage"], 0) + 1
-    return out
-
-
 def test_modes_encoders_cold_warm_and_encoder_variant(tmp_path, mini_bench, tiny_models, tiny_ip2p, prefect_server):
     base = base_config(tmp_path, mini_bench, tiny_models, tiny_ip2p)
     grid = {"name": "modes", "base": base, "modes": MODES, "encoders": [_encoder(tiny_models, "encoder")],
@@ -58,7 +45,7 @@ def test_modes_encoders_cold_warm_and_encoder_variant(tmp_path, mini_bench, tiny
     rows = {(r["encoder"], r["variant"]) for r in cold["table"]}
     assert {v for _, v in rows} == {"T→I", "I→I", "T→T", "I→T", "t2i+t2t"}
     assert all(0 <= r["recall@10"] <= 100 for r in cold["table"])
-    computed = _computed(cold)
+    computed = cold["computed_by_stage"]
     # composed texts, generated images and gallery captions are each computed once and shared by the modes
     assert computed["compose_target_text"] == 1 and computed["synthesize_images"] == 1
     assert computed["caption_images"] == 1 and computed["embed_images"] == 1
@@ -66,13 +53,13 @@ def test_modes_encoders_cold_warm_and_encoder_variant(tmp_path, mini_bench, tiny
     assert (Path(cold["output_dir"]) / "comparison.md").read_text().count("\n") == 2 + 5
 
     warm = FLOWS["compare"](CompareConfig.model_validate(grid).model_dump(mode="json"), progress=False)
-    assert _computed(warm) == {} and warm["stage_counts"]["computed"] == 0
+    assert warm["computed_by_stage"] == {} and warm["stage_counts"]["computed"] == 0
     assert warm["table"] == cold["table"]
 
     grid["encoders"].append(_encoder(tiny_models, "encoder_b"))
     both = FLOWS["compare"](CompareConfig.model_validate(grid).model_dump(mode="json"), progress=False)
     # the second encoder recomputes features and scoring only: no MLLM, no diffusion, no ingest
-    assert _computed(both) == {"embed_texts": 2, "embed_generated": 1, "embed_images": 1, "retrieve": 4,
+    assert both["computed_by_stage"] == {"embed_texts": 2, "embed_generated": 1, "embed_images": 1, "retrieve": 4,
                                "fuse_scores": 1, "evaluate": 5}
     assert len(both["table"]) == 10
     old = [r for r in both["table"] if r["encoder"] == cold["table"][0]["encoder"]]
@@ -86,7 +73,7 @@ def test_sweep_reuses_upstream_and_plots(tmp_path, mini_bench, tiny_models, tiny
            "sweep": {"param": "compose.sampling.temperature", "values": [0.0, 0.8], "seeds": [0, 1],
                      "metrics": ["recall@5", "recall@10"]}}
     doc = FLOWS["sweep"](CompareConfig.model_validate(cfg).model_dump(mode="json"), progress=False)
-    computed = _computed(doc)
+    computed = doc["computed_by_stage"]
     assert computed["compose_target_text"] == 4  # 2 values x 2 seeds
     assert computed.get("embed_images") == 1 and "ingest" in computed  # the gallery is embedded once
     summary = {r["value"]: r for r in doc["sweep_summary"]}

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cirflow.flows.ip_cir import ip_cir, ip_cir_ablation
 from cirflow.schemas.config import parse_config
 from cirflow.storage import ArtifactStore
@@ -102,18 +101,6 @@ def config(root: Path, mini_bench, tiny_models, gligen: str, llm: dict | None = 
     return parse_config(raw).model_dump(mode="json")
 
 
-def _computed(doc) -> dict[str, int]:
-    """stage -> number of distinct artifacts computed in this run"""
-    seen, out = set(), {}
-    for s in doc["stages"]:
-        if s["key"] in seen:
-            continue
-        seen.add(s["key"])
-        if s["status"] != "cached":
-            out[s["stage"]] = out.get(s["stage"], 0) + 1
-    return out
-
-
 def _stage(doc, name) -> dict:
     (s,) = [s for s in doc["stages"] if s["stage"] == name]
     return s
@@ -145,7 +132,7 @@ def test_tiny_llm_layouts_fail_zero_proxies_reported(tmp_path, mini_bench, tiny_
 
 def test_canned_layouts_draw_proxies_and_rp_matches_eq1(http_run):
     cfg, doc = http_run
-    assert set(_computed(doc)) >= {"ingest", "caption_images", "rewrite_caption", "plan_layout", "synthesize_proxies",
+    assert set(doc["computed_by_stage"]) >= {"ingest", "caption_images", "rewrite_caption", "plan_layout", "synthesize_proxies",
                                    "embed_generated", "robust_proxy", "fuse_scores", "evaluate"}
     store = ArtifactStore(cfg["store"])
     layouts = {r["id"]: r for r in store.find(_stage(doc, "plan_layout")["key"]).read().to_pylist()}
@@ -193,15 +180,15 @@ def test_canned_layouts_draw_proxies_and_rp_matches_eq1(http_run):
 def test_lambda_and_weight_changes_recompute_only_fusion(http_run, mini_bench, tiny_models, tiny_gligen, canned):
     cfg, first = http_run
     lam = ip_cir(cfg | {"ip_cir": cfg["ip_cir"] | {"lam": 0.9}}, progress=False)
-    assert _computed(lam) == {"fuse_scores": 1, "evaluate": 1}
+    assert lam["computed_by_stage"] == {"fuse_scores": 1, "evaluate": 1}
     assert {s["stage"]: s["status"] for s in lam["stages"]}["robust_proxy"] == "cached"
     assert _stage(lam, "fuse_scores")["key"] != _stage(first, "fuse_scores")["key"]
 
     weights = ip_cir(cfg | {"ip_cir": cfg["ip_cir"] | {"s_w": 0.0, "t_w": 0.5}}, progress=False)
-    assert _computed(weights) == {"robust_proxy": 1, "fuse_scores": 1, "evaluate": 1}
+    assert weights["computed_by_stage"] == {"robust_proxy": 1, "fuse_scores": 1, "evaluate": 1}
 
     again = ip_cir(cfg, progress=False)
-    assert _computed(again) == {} and again["metrics"] == first["metrics"]
+    assert again["computed_by_stage"] == {} and again["metrics"] == first["metrics"]
 
 
 def test_ablation_table_and_plots_from_store(http_run):
@@ -222,7 +209,7 @@ def test_ablation_table_and_plots_from_store(http_run):
     # λ = 1 is S_t alone: the baseline's ranking quality
     assert {k: v for k, v in rows["λ=1"].items() if k != "variant"} == {
         k: v for k, v in rows["baseline (S_t)"].items() if k != "variant"}
-    computed = _computed(doc)
+    computed = doc["computed_by_stage"]
     # nothing generated again: layouts, proxies, captions, rewrites come from the store
     assert not {"plan_layout", "synthesize_proxies", "caption_images", "rewrite_caption", "ingest"} & set(computed)
     assert computed["embed_generated"] == 2  # N = 1, 2 (N = 3 is the method's own f_p)
@@ -231,5 +218,5 @@ def test_ablation_table_and_plots_from_store(http_run):
     assert (Path(doc["output_dir"]) / "comparison.md").read_text().count("\n") == 2 + len(variants)
 
     again = ip_cir_ablation(ac, progress=False)
-    assert _computed(again) == {} and again["stage_counts"]["computed"] == 0
+    assert again["computed_by_stage"] == {} and again["stage_counts"]["computed"] == 0
     assert again["table"] == doc["table"]
