@@ -13,7 +13,7 @@ import fsspec
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cirflow.tasks.benchmarks import BENCHMARKS, Benchmark, load_benchmark
+from cirflow.tasks.benchmarks import BENCHMARKS, Benchmark, load_benchmark, require_queries
 from cirflow.tasks.benchmarks.fashioniq import JOINS
 
 
@@ -72,7 +72,7 @@ def write(bench: Benchmark, out: str) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    bench = load_benchmark(
+    bench = require_queries(load_benchmark(
         args.benchmark,
         args.data_root,
         args.split,
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         image_root=args.image_root,
         fiq_join=args.fiq_join,
         check_images=not args.skip_image_check,
-    )
+    ))
     paths = write(bench, args.out)
     result = summary(bench) | {"out": args.out, "files": paths}
     if args.json:

@@ -1,87 +1,75 @@
-"""`cirflow run CONFIG.yaml [--json]`: run a method's flow under Prefect from a config file."""
+"""`cirflow run CONFIG.yaml [--json]`: run the method a config file names (cirflow.flows.registry) under
+Prefect: validate it by the method's config class, run its preflight, run its flow, print its report."""
 
 from __future__ import annotations
-
-import json
-
-from cirflow.schemas.config import RunConfig, load_config
 
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="run a method (config-driven) under Prefect")
-    p.add_argument("config", help="YAML run config")
+    p.add_argument("config", help="YAML run config (its `method` picks the flow)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="recompute the failed rows of stored complete artifacts (the ok rows are kept)")
+    add_plan_flags(p)
     p.set_defaults(func=run)
 
 
+def add_plan_flags(p) -> None:
+    p.add_argument("--plan", action="store_true", help="print every stage with its key and whether it would be "
+                   "computed, resumed or cached; loads no model, starts nothing, writes nothing")
+    p.add_argument("--record", action="store_true", help="run under Prefect even when every stage is cached "
+                   "(by default such a run answers from the store without starting Prefect)")
+
+
 def run(args) -> int:
-    if _method(args.config) == "refine":
-        return _run_refine(args)
-    cfg = load_config(args.config)
-    preflight(cfg)
-    doc = run_config(cfg, progress=not args.json)
-    print_summary(doc, as_json=args.json)
+    return run_file(args.config, as_json=args.json, retry_failed=getattr(args, "retry_failed", False),
+                    plan=args.plan, record=args.record)
+
+
+def run_file(path: str, method: str | None = None, as_json: bool = False, retry_failed: bool = False,
+             plan: bool = False, record: bool = False) -> int:
+    """Every method's command: `method` when the command names it (`cirflow sweep`), else the file's."""
+    from cirflow.flows import registry
+
+    cfg = registry.load_config(path, method)
+    m = registry.get(cfg.method)
+    m.preflight(cfg, path)  # one-line errors before Prefect starts or any model loads
+    from cirflow.cli.console import progress
+
+    if plan or not (record or retry_failed):
+        from cirflow.flows.plan import answer_from_store, plan_config, print_plan
+
+        planned = plan_config(cfg)
+        if plan:
+            print_plan(planned, cfg, as_json)
+            return 0
+        if planned.nothing_to_compute:  # the stored summary, without starting Prefect (flows/plan.py)
+            m.report(answer_from_store(cfg, progress=progress(as_json)), as_json)
+            return 0
+    doc = run_config(cfg, progress=progress(as_json), retry_failed=retry_failed)
+    m.report(doc, as_json)
     return 0
 
 
-def _method(path: str) -> str | None:
-    """The config's method, read before validation so each method's own schema validates its file."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(open(path))
-    except (OSError, yaml.YAMLError):
-        return None  # load_config reports it properly
-    return raw.get("method") if isinstance(raw, dict) else None
-
-
-def _run_refine(args) -> int:
+def run_config(cfg, progress: bool = True, retry_failed: bool = False) -> dict:
+    """Run a validated config's flow (on the task runner it asks for) and return its summary. `retry_failed`:
+    every stage the flow runs recomputes the failed rows of its stored complete artifact (a run-wide policy,
+    cirflow.tasks.stage.failure_policy, that the flow's own `max_failure_rate` block inherits)."""
     from cirflow.flows import FLOWS
-    from cirflow.schemas.refine import load_refine_config
+    from cirflow.tasks.stage import failure_policy
 
-    cfg = load_refine_config(args.config)
-    doc = FLOWS["refine"](cfg.model_dump(mode="json"), progress=not args.json)
-    if args.json:
-        print(json.dumps(doc, indent=2, default=str))
-    else:
-        print(json.dumps({k: doc[k] for k in ("counts", "output_dir") if k in doc}, indent=2, default=str))
-    return 0
+    with failure_policy(getattr(cfg, "max_failure_rate", None), retry_failed=retry_failed):
+        return FLOWS[cfg.method](cfg.model_dump(mode="json"), progress=progress)
 
 
-def preflight(cfg: RunConfig) -> None:
-    """Input errors a user can fix (annotations, missing images, prompt files) surface here as one line, before
-    Prefect starts and before any model loads; inside a flow they would arrive wrapped in engine tracebacks."""
-    from cirflow.prompts import load_template
-    from cirflow.tasks.benchmarks import load_benchmark
+def preflight(cfg, source: str = "config") -> None:
+    """The config's method's preflight (cirflow.flows.method.Method.preflight)."""
+    from cirflow.flows import registry
 
-    b = cfg.benchmark
-    for group in b.groups():
-        load_benchmark(b.name, b.data_root, split=b.split, image_root=b.image_root, fiq_join=b.fiq_join,
-                       check_images=b.check_images, **group)
-    load_template("compose_target_text", b.name, cfg.compose.prompt)
-    if cfg.method == "ip_cir":
-        load_template("plan_layout", b.name, cfg.ip_cir.layout_prompt)
-
-
-def run_config(cfg: RunConfig, progress: bool = True) -> dict:
-    from cirflow.flows import FLOWS
-
-    return FLOWS[cfg.method](cfg.model_dump(mode="json"), progress=progress)
+    registry.get(cfg.method).preflight(cfg, source)
 
 
 def print_summary(doc: dict, as_json: bool) -> None:
-    from cirflow.flows.summary import metrics_markdown, stages_markdown
+    from cirflow.flows.summary import print_summary as show
 
-    if as_json:
-        print(json.dumps(doc, indent=2))
-        return
-    print(f"\n{doc['method']} on {doc['benchmark']} — stages\n")
-    print(stages_markdown(doc))
-    print("\nmetrics (percent)\n")
-    print(metrics_markdown(doc))
-    c = doc["compute"]
-    print(f"\ncompute: {c['wall_seconds']} s wall, {c['stage_seconds_computed']} s in computed stages"
-          + (f", {c['end_to_end_seconds_per_query']} s per query" if c["end_to_end_seconds_per_query"] else ""))
-    print(f"store: {doc['store']}\nrun folder: {doc['output_dir']}")
-    for f in doc["submission_files"]:
-        print(f"submission: {f}")
+    show(doc, as_json)

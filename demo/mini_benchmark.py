@@ -33,6 +33,8 @@ BACKGROUNDS = {"white": (245, 245, 245), "black": (20, 20, 20), "gray": (128, 12
 # 10 groups of 6 = 60 images: a gallery larger than the 50 entries a CIRR submission list must hold
 CIRR_GROUPS, CIRR_QUERIES_PER_GROUP = 10, 3
 CIRCO_GALLERY, CIRCO_QUERIES = 60, 12
+# image stem -> {shape, color, background}: what each generated image shows, written beside the annotations
+ATTRIBUTES = "attributes.json"
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ def describe_change(ref: Scene, tgt: Scene) -> str:
 def _build_cirr(root: Path, rng: random.Random) -> None:
     (root / "dev").mkdir(parents=True, exist_ok=True)
     split: dict[str, str] = {}
+    attributes: dict[str, dict] = {}  # the generator's own labels (MVFT-JI demo training data, cirflow.demo.mvft)
     captions = []
     pairid = 100
     for g in range(CIRR_GROUPS):
@@ -88,6 +91,7 @@ def _build_cirr(root: Path, rng: random.Random) -> None:
         names = [f"dev-{500 + g}-{k // 2}-img{k % 2}" for k in range(6)]
         for name, scene in zip(names, scenes):
             split[name] = f"./dev/{name}.png"
+            attributes[name] = scene.__dict__
             draw(scene, rng).save(root / "dev" / f"{name}.png")
         members = names[:]
         rng.shuffle(members)
@@ -109,6 +113,7 @@ def _build_cirr(root: Path, rng: random.Random) -> None:
     (root / "image_splits").mkdir(parents=True, exist_ok=True)
     (root / "captions" / "cap.rc2.val.json").write_text(json.dumps(captions))
     (root / "image_splits" / "split.rc2.val.json").write_text(json.dumps(split))
+    (root / ATTRIBUTES).write_text(json.dumps(attributes, indent=1, sort_keys=True))
 
 
 def _build_circo(root: Path, rng: random.Random) -> None:
@@ -119,6 +124,7 @@ def _build_circo(root: Path, rng: random.Random) -> None:
     for coco_id, scene in zip(ids, combos):
         draw(scene, rng).convert("RGB").save(image_dir / f"{coco_id:012d}.jpg", quality=90)
     by_id = dict(zip(ids, combos))
+    (root / ATTRIBUTES).write_text(json.dumps({f"{i:012d}": s.__dict__ for i, s in sorted(by_id.items())}, indent=1))
 
     # A query asks for the same shape in another colour; every gallery image with that shape and colour (any
     # background) is a ground truth. Keep the (reference, colour) pairs with 1-3 matches, as CIRCO has several.
@@ -165,4 +171,4 @@ def build_mini_benchmark(root: str | Path, seed: int = 0) -> dict[str, Path]:
     return roots
 
 
-__all__ = ["build_mini_benchmark", "describe_change", "Scene"]
+__all__ = ["ATTRIBUTES", "build_mini_benchmark", "describe_change", "Scene"]

@@ -11,12 +11,13 @@ import yaml
 
 from cirflow.demo.mini_benchmark import build_mini_benchmark
 from cirflow.models.tiny import build_tiny_open_clip, build_tiny_qwen25vl
-from cirflow.schemas.config import RunConfig, parse_config
+from cirflow.flows.registry import parse_config
+from cirflow.schemas.config import RunBase
 
 BENCHMARKS = ("cirr", "circo")
 
 
-def demo_configs(workdir: str | Path) -> list[RunConfig]:
+def demo_configs(workdir: str | Path) -> list[RunBase]:
     workdir = Path(workdir).resolve()
     roots = build_mini_benchmark(workdir / "data")
     fill = {"workdir": str(workdir), "mllm_dir": str(build_tiny_qwen25vl(workdir / "models" / "tiny-qwen25vl")),

@@ -7,7 +7,8 @@ and a number from the official server / reference script are computed from the s
   and Recall_subset@1/2/3 from the ``recall_subset`` file (top-3 of the 5 non-reference ``img_set`` members).
   Hard labels (``target_hard``), as SEARLE's ``cirr_compute_val_metrics``.
 - CIRCO (``circo.py``): mAP@5/10/25/50 with denominator min(K, #GT), Recall@5/10/25/50 on
-  ``target_img_id`` and mAP@10 per semantic aspect, as CIRCO's ``src/evaluation.py`` (the server's code).
+  ``target_img_id`` and mAP@10 per semantic aspect, as CIRCO's ``src/evaluation.py`` (the server's code);
+  plus PEFUSE's mAP@1 and ``map_avg`` (mean mAP over K in {1, 5, 10, 25, 50}, §4.5).
 - Fashion-IQ (``fashioniq.py``): Recall@10/50 per category; the average over categories is the plain mean.
 - GeneCIS (``genecis.py``): Recall@1/2/3 per task over candidate positions (0 = target); the headline is the
   mean Recall@1 over tasks.

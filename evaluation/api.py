@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from cirflow.evaluation import circo, cirr, fashioniq, genecis
 from cirflow.evaluation.circo import circo_metrics
 from cirflow.evaluation.cirr import cirr_metrics
 from cirflow.evaluation.fashioniq import fashioniq_metrics
@@ -62,6 +63,29 @@ def average_over(per_group: Mapping[str, Mapping[str, float]]) -> dict[str, floa
         raise ConfigError("nothing to average: no groups were evaluated")
     names = [m for m in groups[0] if all(m in g for g in groups)]
     return {m: float(np.mean([g[m] for g in groups])) for m in names}
+
+
+def metric_names(benchmark: str) -> tuple[str, ...]:
+    """The overall metrics ``evaluate_*`` reports for a benchmark (the keys of ``Scores.overall``)."""
+    b = canonical_benchmark(benchmark)
+    if b == "cirr":
+        return (*(f"recall@{k}" for k in cirr.RECALL_KS), *(f"recall_subset@{k}" for k in cirr.SUBSET_KS))
+    if b == "circo":
+        return (*(f"map@{k}" for k in circo.MAP_KS), circo.AVG_MAP, *(f"recall@{k}" for k in circo.RECALL_KS))
+    ks = fashioniq.KS if b == "fashioniq" else genecis.KS
+    return tuple(f"recall@{k}" for k in ks)
+
+
+def check_metrics(benchmark: str, names: Iterable[str]) -> None:
+    """Raise CirflowError naming the first requested metric the benchmark does not report, with the valid ones.
+
+    Called before any work (sweeps, comparisons): a metric name is otherwise only looked up when the table
+    is plotted, after all the compute."""
+    valid = metric_names(benchmark)
+    for name in names:
+        if name not in valid:
+            raise ConfigError(f"metric '{name}' is not reported for {canonical_benchmark(benchmark)}; "
+                              f"valid metrics: {', '.join(valid)}")
 
 
 def has_ground_truth(benchmark: str, queries: pa.Table) -> bool:

@@ -132,14 +132,34 @@ def read_submission(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            data = json.load(f, object_pairs_hook=_no_duplicate_keys)
     except FileNotFoundError:
         raise InvalidSubmissionError(str(path), ["file not found"]) from None
+    except IsADirectoryError:
+        raise InvalidSubmissionError(str(path), ["is a folder, not a file"]) from None
+    except _DuplicateKey as e:
+        raise InvalidSubmissionError(str(path), [f"key {e.key!r} appears more than once"]) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidSubmissionError(str(path), [f"not valid JSON ({e})"]) from None
     if not isinstance(data, dict):
         raise InvalidSubmissionError(str(path), [f"expected a JSON object, got {type(data).__name__}"])
     return data
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json's default keeps the last of two equal keys: a query listed twice would be scored on one silent choice
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
 
 
 def file_size_problems(benchmark: str, path: str | Path) -> list[str]:

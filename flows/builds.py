@@ -9,24 +9,37 @@ MVFT-JI-style. Each flow only wires stages:
                          └──────────► caption_collection ───┴─► release
 
 Every LLM/MLLM request goes through one CachedMLLM per model (cache root `cache`, default <store>/_llm_cache),
-so a rebuild after the collection grew pays only for requests about new images or new pairs. Models load
-lazily: a build whose requests are all cached loads none.
+so a rebuild after the collection grew pays only for requests about new images or new pairs. Models come from
+the flow's ModelPool: loaded lazily (a build whose requests are all cached loads none), through the GPU gate,
+and released as soon as no later stage of the build needs them.
 """
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+import json
+from typing import Literal
 
-from cirflow.models.encoder import OpenClipEncoder
+from pydantic import Field
+
+from cirflow.flows.method import Method, basic_preflight
+from cirflow.flows.models import ModelPool
 from cirflow.models.mllm.cache import CachedMLLM
-from cirflow.models.mllm.factory import load_mllm
+from cirflow.schemas.base import Strict
 from cirflow.schemas.builds import (
-    InstructCIRBuildConfig,
-    MTCIRBuildConfig,
-    MVFTBuildConfig,
+    CaptionConfig,
+    CollectionSource,
+    InstructCIRTextConfig,
+    MTCIRTextConfig,
+    MVFTTextConfig,
+    PairingConfig,
+    RandomPairingConfig,
+    ReleaseConfig,
 )
+from cirflow.schemas.encoder import EncoderConfig
+from cirflow.schemas.mllm import MLLMConfig
+from cirflow.schemas.names import Name
+from cirflow.schemas.paths import LocalPath
 from cirflow.storage import Artifact, ArtifactStore
-from cirflow.tasks.lazy import Lazy
 from cirflow.tasks.wrappers import (
     caption_collection_task,
     embed_images_task,
@@ -41,15 +54,61 @@ from cirflow.tasks.wrappers import (
 from prefect import flow
 
 
-def _models(stack: ExitStack, cfg) -> tuple[CachedMLLM, CachedMLLM]:
-    """(captioning MLLM, text LLM), each cached; the same object when no separate text LLM is configured."""
+# ------------------------------------------------------------------------------------------------ configs
+
+
+class _BuildBase(Strict):
+    name: Name = "build"
+    store: LocalPath
+    storage_options: dict = Field(default_factory=dict)
+    cache: LocalPath | None = None  # LLM answer cache root; default <store>/_llm_cache
+    collection: CollectionSource
+    mllm: MLLMConfig  # captions (and, unless `llm` is set, the text-only requests)
+    llm: MLLMConfig | None = None  # text-only model for modification / reformulation texts
+    check_shard_size: int = Field(256, ge=1)
+    gpu_limit: str | None = None  # Prefect global concurrency limit gating local GPU model loads (flows/gpu.py)
+    release: ReleaseConfig | None = None
+
+    def cache_root(self) -> str:
+        return self.cache or self.store.rstrip("/") + "/_llm_cache"
+
+    def text_llm(self) -> MLLMConfig:
+        return self.llm or self.mllm
+
+
+class MTCIRBuildConfig(_BuildBase):
+    method: Literal["build_mtcir"] = "build_mtcir"  # lets `cirflow deploy` pick the flow
+    encoder: EncoderConfig
+    embed_shard_size: int = Field(4096, ge=1)
+    pairing: PairingConfig = PairingConfig()
+    captions: CaptionConfig = CaptionConfig()
+    texts: MTCIRTextConfig = MTCIRTextConfig()
+
+
+class InstructCIRBuildConfig(_BuildBase):
+    method: Literal["build_instructcir"] = "build_instructcir"  # lets `cirflow deploy` pick the flow
+    pairing: RandomPairingConfig = RandomPairingConfig()
+    captions: CaptionConfig = CaptionConfig()
+    texts: InstructCIRTextConfig = InstructCIRTextConfig()
+
+
+class MVFTBuildConfig(_BuildBase):
+    method: Literal["build_mvft"] = "build_mvft"  # lets `cirflow deploy` pick the flow
+    captions: CaptionConfig = CaptionConfig()
+    texts: MVFTTextConfig = MVFTTextConfig()
+
+
+# ------------------------------------------------------------------------------------------------ flows
+
+
+def _models(pool: ModelPool, cfg) -> tuple[CachedMLLM, CachedMLLM]:
+    """(captioning MLLM, text LLM) from the pool, each behind the answer cache; the same object when no separate
+    text LLM is configured."""
     root = cfg.cache_root()
-    mllm = stack.enter_context(CachedMLLM(stack.enter_context(Lazy(lambda: load_mllm(cfg.mllm))), root,
-                                          cfg.mllm.key_fields(), cfg.storage_options))
+    mllm = CachedMLLM(pool.add_mllm("mllm", cfg.mllm), root, cfg.mllm.key_fields(), cfg.storage_options)
     if cfg.llm is None:
         return mllm, mllm
-    llm = stack.enter_context(CachedMLLM(stack.enter_context(Lazy(lambda: load_mllm(cfg.llm))), root,
-                                         cfg.llm.key_fields(), cfg.storage_options))
+    llm = CachedMLLM(pool.add_mllm("llm", cfg.llm), root, cfg.llm.key_fields(), cfg.storage_options)
     return mllm, llm
 
 
@@ -66,7 +125,9 @@ def _summary(cfg, arts: dict[str, Artifact], models: list[CachedMLLM], release_d
 
 
 def _release(build: str, cfg, arts: dict[str, Artifact], params: dict) -> str | None:
-    if cfg.release is None:
+    from cirflow.tasks import plan_mode
+
+    if cfg.release is None or plan_mode.active() is not None:  # `--plan` exports nothing
         return None
     models = {"mllm": cfg.mllm.key_fields(), "llm": cfg.text_llm().key_fields()}
     if getattr(cfg, "encoder", None) is not None:
@@ -78,15 +139,18 @@ def _release(build: str, cfg, arts: dict[str, Artifact], params: dict) -> str | 
 def build_mtcir(config: dict, progress: bool = True) -> dict:
     cfg = MTCIRBuildConfig.model_validate(config)
     store = ArtifactStore(cfg.store, cfg.storage_options)
-    with ExitStack() as stack:
-        mllm, llm = _models(stack, cfg)
-        encoder = stack.enter_context(Lazy(lambda: OpenClipEncoder(cfg.encoder)))
+    with ModelPool(cfg.gpu_limit) as pool:
+        mllm, llm = _models(pool, cfg)
+        encoder = pool.add_encoder("encoder", cfg.encoder)
         coll = ingest_collection_task(store, cfg.collection, shard_size=cfg.check_shard_size, progress=progress)
         emb = embed_images_task(store, coll, cfg.encoder, shard_size=cfg.embed_shard_size, encoder=encoder,
                                 progress=progress)
+        pool.release("encoder")  # only embed_images needs it
         pairs = pair_groups_task(store, coll, emb, cfg.pairing)
         caps = caption_collection_task(store, coll, cfg.mllm, cfg.captions, build="mtcir", cache_root=cfg.cache_root(),
                                        mllm=mllm, progress=progress)
+        if llm is not mllm:
+            pool.release("mllm")  # the texts go to the separate text LLM
         texts = mtcir_texts_task(store, pairs, caps, cfg.text_llm(), cfg.texts, cache_root=cfg.cache_root(), mllm=llm,
                                  progress=progress)
         arts = {"collection": coll, "embeddings": emb, "pairs": pairs, "captions": caps, "texts": texts}
@@ -98,12 +162,14 @@ def build_mtcir(config: dict, progress: bool = True) -> dict:
 def build_instructcir(config: dict, progress: bool = True) -> dict:
     cfg = InstructCIRBuildConfig.model_validate(config)
     store = ArtifactStore(cfg.store, cfg.storage_options)
-    with ExitStack() as stack:
-        mllm, llm = _models(stack, cfg)
+    with ModelPool(cfg.gpu_limit) as pool:
+        mllm, llm = _models(pool, cfg)
         coll = ingest_collection_task(store, cfg.collection, shard_size=cfg.check_shard_size, progress=progress)
         pairs = random_pairs_task(store, coll, cfg.pairing)
         caps = caption_collection_task(store, coll, cfg.mllm, cfg.captions, build="instructcir",
                                        cache_root=cfg.cache_root(), mllm=mllm, progress=progress)
+        if llm is not mllm:
+            pool.release("mllm")  # the texts go to the separate text LLM
         texts = instructcir_texts_task(store, pairs, caps, cfg.text_llm(), cfg.texts, cache_root=cfg.cache_root(),
                                        mllm=llm, progress=progress)
         arts = {"collection": coll, "pairs": pairs, "captions": caps, "texts": texts}
@@ -115,8 +181,8 @@ def build_instructcir(config: dict, progress: bool = True) -> dict:
 def build_mvft(config: dict, progress: bool = True) -> dict:
     cfg = MVFTBuildConfig.model_validate(config)
     store = ArtifactStore(cfg.store, cfg.storage_options)
-    with ExitStack() as stack:
-        mllm, _ = _models(stack, cfg)
+    with ModelPool(cfg.gpu_limit) as pool:
+        mllm, _ = _models(pool, cfg)
         coll = ingest_collection_task(store, cfg.collection, shard_size=cfg.check_shard_size, progress=progress)
         texts = mvft_texts_task(store, coll, cfg.mllm, cfg.texts, cache_root=cfg.cache_root(), mllm=mllm,
                                 progress=progress)
@@ -127,4 +193,21 @@ def build_mvft(config: dict, progress: bool = True) -> dict:
         return _summary(cfg, arts, [mllm], rel)
 
 
-BUILD_FLOWS = {"build_mtcir": build_mtcir, "build_instructcir": build_instructcir, "build_mvft": build_mvft}
+def print_build(doc: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(doc, indent=2, default=str))
+        return
+    print(f"{'stage':<22} {'status':<9} {'ok':>5} {'failed':>6}  key")
+    for s in doc.get("stages", []):
+        st = s.get("stats") or {}  # ok / failed: stages with per-item status (blank for the others)
+        print(f"{s.get('stage', ''):<22} {s.get('status', ''):<9} {st.get('ok', ''):>5} {st.get('failed', ''):>6}  "
+              f"{str(s.get('key', ''))[:12]}")
+    if doc.get("release"):
+        print(f"release: {doc['release']}")
+    if doc.get("llm_cache"):  # human-readable, not a Python dict (--json has the dict)
+        print("llm cache: " + ", ".join(f"{v} {k}" for k, v in doc["llm_cache"].items()))
+
+
+MTCIR = Method("build_mtcir", MTCIRBuildConfig, build_mtcir, basic_preflight, print_build)
+INSTRUCTCIR = Method("build_instructcir", InstructCIRBuildConfig, build_instructcir, basic_preflight, print_build)
+MVFT = Method("build_mvft", MVFTBuildConfig, build_mvft, basic_preflight, print_build)

@@ -7,39 +7,98 @@ computed once and read from the store afterwards; only what a variant really cha
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Annotated, Literal
 
-from cirflow.flows.gpu import uses_gpu
-from cirflow.flows.pefuse import Models, gallery_features, ingest, query_features
-from cirflow.flows.report import ComparisonReport
-from cirflow.schemas.compare import CompareConfig, with_override
-from cirflow.schemas.config import RunConfig
+from pydantic import Field, model_validator
+
+from cirflow.evaluation.api import check_metrics
+from cirflow.flows.method import Method
+from cirflow.flows.models import ModelPool
+from cirflow.flows.mvft_ji import MVFTJIConfig
+from cirflow.flows.pefuse import PefuseConfig, gallery_features, query_features
+from cirflow.flows.pefuse import _preflight as run_preflight
+from cirflow.flows.report import ComparisonReport, encoder_label, print_comparison
+from cirflow.flows.runs import add_models, ingest, retrieve_evaluate
+from cirflow.schemas.base import Strict
+from cirflow.schemas.compare import FusionSpec, SweepSpec, VariantSpec, with_override
+from cirflow.schemas.config import Mode
+from cirflow.schemas.encoder import EncoderConfig
+from cirflow.schemas.names import Name
 from cirflow.storage import Artifact, ArtifactStore
 from cirflow.tasks.distributed import partitions
-from cirflow.tasks.retrieve import ScoreTerm
-from cirflow.tasks.wrappers import evaluate_task, fuse_scores_task, retrieve_task
+from cirflow.tasks.runs.retrieve import ScoreTerm
+from cirflow.tasks.stage import failure_policy
+from cirflow.tasks.wrappers import evaluate_task, fuse_scores_task
 from prefect import flow
 
 
-def _encoder_label(cfg: RunConfig) -> str:
-    e = cfg.encoder
-    name = e.model.rsplit("/", 1)[-1] if e.model.startswith("local-dir:") else e.model
-    return f"{name}/{e.pretrained}" if e.pretrained else name
+class CompareConfig(Strict):
+    """A base run config plus what varies: modes × encoders, and fused rows of several modes (a PEFUSE base);
+    `variants`, rows of dotted overrides on the base (any base, e.g. MVFT-JI's table 4 ablations)."""
+
+    method: Literal["compare"] = "compare"
+    name: Name = "compare"
+    # the base run's method picks its config class (a base without `method:` is a PEFUSE run)
+    base: Annotated[PefuseConfig | MVFTJIConfig, Field(discriminator="method")]
+    modes: list[Mode] = Field(default_factory=lambda: ["t2i"])
+    encoders: list[EncoderConfig] = Field(default_factory=list)  # default: the base config's encoder
+    fusions: list[FusionSpec] = Field(default_factory=list)
+    variants: list[VariantSpec] = Field(default_factory=list)
+    sweep: SweepSpec | None = None  # used by `method: sweep`
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_method(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("base"), dict) and "method" not in data["base"]:
+            data = {**data, "base": {**data["base"], "method": "pefuse"}}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "CompareConfig":
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names repeat: {names}")
+        for v in self.variants:
+            v.apply(self.base)  # a bad path or value fails here, before anything runs
+        if not isinstance(self.base, PefuseConfig):
+            # checked by value, not by presence: the flow receives the config dumped with every default
+            if self.encoders or self.fusions or self.modes != ["t2i"]:
+                raise ValueError(f"modes / encoders / fusions vary a PEFUSE run; a {self.base.method} base varies "
+                                 "by `variants` (dotted overrides)")
+            if self.sweep is not None:
+                raise ValueError(f"sweeps run on a PEFUSE base, not {self.base.method}")
+            return self
+        for f in self.fusions:
+            missing = set(f.terms) - set(self.modes)
+            if missing:
+                raise ValueError(f"fusion {f.name!r} uses modes {sorted(missing)} that are not in modes")
+        if {"i2i", "i2t"} & set(self.modes) and self.base.diffusion is None:
+            raise ValueError("modes i2i/i2t generate query images: add a diffusion section to base")
+        return self
 
 
-def _variant(store, cfg: RunConfig, group: dict, models: Models, progress: bool) -> tuple[list[Artifact], ScoreTerm]:
+class SweepConfig(CompareConfig):
+    """One parameter of the base config over values × seeds (PEFUSE figures 2–3)."""
+
+    method: Literal["sweep"] = "sweep"
+    name: Name = "sweep"
+    sweep: SweepSpec  # param, values, seeds
+
+
+def _variant(store, cfg: PefuseConfig, group: dict, pool: ModelPool, progress: bool
+             ) -> tuple[list[Artifact], ScoreTerm]:
     bench = ingest(store, cfg, group)
-    queries = query_features(store, cfg, bench, models, progress)
-    gallery = gallery_features(store, cfg, bench, models, progress)
-    rankings = retrieve_task(store, bench, queries[-1], gallery[-1], k=cfg.retrieve.k, index=cfg.retrieve.index,
-                             circo_exclude_reference=cfg.retrieve.circo_exclude_reference)
-    return [bench, *queries, *gallery, rankings, evaluate_task(store, bench, rankings)], ScoreTerm(queries[-1],
-                                                                                                 gallery[-1])
+    queries = query_features(store, cfg, bench, pool, progress)
+    gallery = gallery_features(store, cfg, bench, pool, progress)
+    arts = [bench, *queries, *gallery, *retrieve_evaluate(store, cfg, bench, queries[-1], gallery[-1])]
+    return arts, ScoreTerm(queries[-1], gallery[-1])
 
 
 @flow(name="compare")
 def compare(config: dict, progress: bool = True) -> dict:
-    cc = CompareConfig.model_validate(config)
-    with partitions(cc.base.executor.world()):
+    cc = CompareConfig.model_validate(config | {"method": "compare"})
+    with partitions(cc.base.executor.world()), failure_policy(cc.base.max_failure_rate):
         return _compare(cc, progress)
 
 
@@ -47,80 +106,95 @@ def _compare(cc: CompareConfig, progress: bool) -> dict:
     base = cc.base
     store = ArtifactStore(base.store, base.storage_options)
     report = ComparisonReport(cc.name, base, started=time.perf_counter())
-    encoders = cc.encoders or [base.encoder]
-    shared = Models.for_config(base)  # MLLM and diffusion shared by every variant
-    try:
-        for enc in encoders:
+    if isinstance(base, MVFTJIConfig):
+        _mvft_variants(store, cc, report, progress)
+        return report.publish(store)
+    with ModelPool(base.gpu_limit) as pool:
+        add_models(pool, base)  # MLLM and diffusion shared by every variant
+        for enc in cc.encoders or [base.encoder]:
             cfg_e = base.model_copy(update={"encoder": enc})
-            models = Models(shared.mllm, shared.gate.lazy(lambda enc=enc: _open_encoder(enc), when=uses_gpu(enc)),
-                            shared.diffusion, shared.llm,
-                            shared.gligen, shared.gate)
-            try:
-                for group in base.benchmark.groups():
-                    label = "/".join(group.values()) or base.benchmark.name
-                    terms: dict[str, ScoreTerm] = {}
-                    for mode in cc.modes:
-                        cfg = cfg_e.model_copy(update={"mode": mode})
-                        arts, terms[mode] = _variant(store, cfg, group, models, progress)
-                        report.add(_encoder_label(cfg), mode.upper().replace("2", "→"), label, arts)
-                    for f in cc.fusions:
-                        bench = ingest(store, cfg_e, group)
-                        fused = fuse_scores_task(
-                            store, bench, [ScoreTerm(terms[m].queries, terms[m].gallery, w) for m, w in f.terms.items()],
-                            rule=f.rule, rule_params={"normalize": f.normalize} if f.rule == "weighted_sum" else {},
-                            k=base.retrieve.k, circo_exclude_reference=base.retrieve.circo_exclude_reference)
-                        report.add(_encoder_label(cfg_e), f.name, label, [bench, fused, evaluate_task(store, bench, fused)])
-            finally:
-                models.encoder.close()
-    finally:
-        shared.close()
+            pool.add_encoder("encoder", enc)  # another encoder closes the previous one first
+            for group in base.benchmark.groups():
+                label = base.benchmark.label(group)
+                terms: dict[str, ScoreTerm] = {}
+                for mode in cc.modes:
+                    cfg = cfg_e.model_copy(update={"mode": mode})
+                    arts, terms[mode] = _variant(store, cfg, group, pool, progress)
+                    report.add(encoder_label(cfg), mode.upper().replace("2", "→"), label, arts)
+                for f in cc.fusions:
+                    bench = ingest(store, cfg_e, group)
+                    fused = fuse_scores_task(
+                        store, bench, [ScoreTerm(terms[m].queries, terms[m].gallery, w) for m, w in f.terms.items()],
+                        rule=f.rule, rule_params={"normalize": f.normalize} if f.rule == "weighted_sum" else {},
+                        k=base.retrieve.k, circo_exclude_reference=base.retrieve.circo_exclude_reference)
+                    report.add(encoder_label(cfg_e), f.name, label, [bench, fused, evaluate_task(store, bench, fused)])
+        for v in cc.variants:
+            cfg = v.apply(base)
+            add_models(pool, cfg)  # a variant's own models; unchanged slots stay loaded
+            for group in base.benchmark.groups():
+                arts, _ = _variant(store, cfg, group, pool, progress)
+                report.add(encoder_label(cfg), v.name, base.benchmark.label(group), arts)
     return report.publish(store)
 
 
-def _open_encoder(enc):
-    from cirflow.models.encoder import OpenClipEncoder
+def _mvft_variants(store: ArtifactStore, cc: CompareConfig, report: ComparisonReport, progress: bool) -> None:
+    """MVFT-JI rows (table 4): each variant's stage DAG (train per seed → token features → retrieval / joint
+    fusion → evaluate). Variants that train the same model (same data, hyper-parameters, seed) share its key,
+    so the fusion-only ablations (w/o s̃, w/o ŝ) read the full model from the store."""
+    from cirflow.flows.mvft_ji import add_slots, encoder_folder, run_group
 
-    return OpenClipEncoder(enc)
+    variants = cc.variants or [VariantSpec(name=cc.base.joint.mode)]
+    with ModelPool(cc.base.gpu_limit) as pool:
+        for v in variants:
+            cfg = v.apply(cc.base)
+            add_slots(pool, cfg)
+            seeds = cfg.seeds if cfg.trains else cfg.seeds[:1]
+            for seed in seeds:
+                folder, made = encoder_folder(store, cfg, pool, seed, progress)
+                label = f"{Path(cfg.encoder.base).name}:{cfg.encoder.weights}"
+                row = v.name if len(seeds) == 1 else f"{v.name} (seed {seed})"
+                for group in cfg.benchmark.groups():
+                    arts = run_group(store, cfg, group, pool, progress, folder, made)
+                    report.add(label, row, cfg.benchmark.label(group), arts, seed=seed)
 
 
 @flow(name="sweep")
 def sweep(config: dict, progress: bool = True) -> dict:
     """One parameter over values × seeds; every other stage comes from the store."""
-    cc = CompareConfig.model_validate(config)
-    with partitions(cc.base.executor.world()):
+    cc = SweepConfig.model_validate(config | {"method": "sweep"})
+    with partitions(cc.base.executor.world()), failure_policy(cc.base.max_failure_rate):
         return _sweep(cc, progress)
 
 
-def _sweep(cc: CompareConfig, progress: bool) -> dict:
-    if cc.sweep is None:
-        raise ValueError("a sweep config needs a `sweep` section")
+def _sweep(cc: SweepConfig, progress: bool) -> dict:
     sw, base = cc.sweep, cc.base
+    check_metrics(base.benchmark.name, sw.metrics)  # before any compute: a wrong name fails at the plot otherwise
     store = ArtifactStore(base.store, base.storage_options)
     report = ComparisonReport(cc.name, base, started=time.perf_counter(), sweep=sw)
     variants = [(v, s, with_override(with_override(base, sw.param, v), sw.seed_path(), s))
                 for v in sw.values for s in sw.seeds]
-    handles: dict[str, Models] = {}  # one set of loaded models per distinct load signature
-    try:
+    # sampler settings are per request, so a sweep over them loads each model once; a swept model id swaps it
+    with ModelPool(base.gpu_limit) as pool:
         for value, seed, cfg in variants:
-            sig = _load_signature(cfg)
-            if sig not in handles:
-                handles[sig] = Models.for_config(cfg)
-            models = handles[sig]
+            add_models(pool, cfg)
             for group in base.benchmark.groups():
-                label = "/".join(group.values()) or base.benchmark.name
-                arts, _ = _variant(store, cfg, group, models, progress)
-                report.add(f"{sw.param}={value}", f"seed={seed}", label, arts, value=value, seed=seed)
-    finally:
-        for m in handles.values():
-            m.close()
+                arts, _ = _variant(store, cfg, group, pool, progress)
+                report.add(f"{sw.param}={value}", f"seed={seed}", base.benchmark.label(group), arts, value=value,
+                           seed=seed)
     return report.publish(store)
 
 
-def _load_signature(cfg: RunConfig) -> str:
-    """What the loaded models depend on. Sampler settings (MLLM temperature, diffusion guidance, steps) are
-    per request, so a sweep over them shares one set of loaded models; a swept model id does not."""
-    from cirflow.models.diffusion import load_fields
-    from cirflow.storage.keys import canonical_json
+def _compare_preflight(cc: CompareConfig, source: str) -> None:
+    if cc.sweep is not None:  # first: a config-only check, before any data, server or model is touched
+        check_metrics(cc.base.benchmark.name, cc.sweep.metrics)
+    if isinstance(cc.base, MVFTJIConfig):
+        from cirflow.flows.mvft_ji import mvft_preflight
 
-    diffusion = load_fields(cfg.diffusion) if cfg.diffusion is not None else None
-    return canonical_json([cfg.mllm, cfg.llm, cfg.encoder, diffusion])
+        for v in cc.variants or [VariantSpec(name="base")]:
+            mvft_preflight(v.apply(cc.base), f"{source} ({v.name})")
+        return
+    run_preflight(cc.base, source)
+
+
+COMPARE = Method("compare", CompareConfig, compare, _compare_preflight, print_comparison)
+SWEEP = Method("sweep", SweepConfig, sweep, _compare_preflight, print_comparison)

@@ -20,20 +20,16 @@ its schedules would never fire.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from cirflow.schemas.errors import CirflowError, ConfigError
-from cirflow.schemas.loading import read_yaml, validate, with_base
+from cirflow.flows import registry
+from cirflow.schemas.loading import read_yaml, with_base
+from cirflow.schemas.paths import resolve_paths
 from prefect import flow
 
-DEFAULT_METHOD = "pefuse"  # RunConfig's default when a config names no method
+DEFAULT_METHOD = registry.DEFAULT  # the method of a config that names none
 ENTRYPOINT = "cirflow.flows.deploy.run_deployment"
-# Config fields holding local paths: made absolute at deploy time, because a worker or a served run does not
-# share the working directory of the `cirflow deploy` call.
-PATH_FIELDS = (("store",), ("output_dir",), ("benchmark", "data_root"), ("benchmark", "image_root"),
-               ("refine", "out_dir"), ("compose", "prompt"), ("refine", "validate_prompt"),
-               ("refine", "regenerate_prompt"), ("encoder", "tokenizer"))
 
 
 @flow(name="cirflow", log_prints=True)
@@ -50,59 +46,17 @@ def run_deployment(config: dict, progress: bool = False) -> dict:
 # ------------------------------------------------------------------------------------------------ config
 
 
-def _validators() -> dict:
-    from cirflow.schemas.builds import (
-        InstructCIRBuildConfig,
-        MTCIRBuildConfig,
-        MVFTBuildConfig,
-    )
-    from cirflow.schemas.compare import CompareConfig
-    from cirflow.schemas.config import parse_config
-    from cirflow.schemas.refine import parse_refine_config
-
-    def model(cls):
-        return lambda raw, source: validate(cls, raw, source)
-
-    run = {m: parse_config for m in ("pefuse", "pefuse_t2i", "cirevl", "ldre", "ip_cir")}
-    return run | {"refine": parse_refine_config, "build_mtcir": model(MTCIRBuildConfig),
-                  "build_instructcir": model(InstructCIRBuildConfig), "build_mvft": model(MVFTBuildConfig),
-                  "compare": model(CompareConfig), "sweep": model(CompareConfig)}
-
-
 def load_deploy_config(path: str | os.PathLike | dict, base_dir: str | os.PathLike | None = None) -> dict:
-    """The deployment's `config` parameter: the YAML (or a dict) validated by its method's config model where
-    one is known (unknown keys are errors), relative local paths made absolute against `base_dir` (default the
-    current directory), as JSON-ready data."""
-    from cirflow.flows import FLOWS
-
+    """The deployment's `config` parameter: the YAML (or a dict) validated by its method's config class
+    (unknown keys are errors), every local path field (LocalPath, TemplatePath, ... in cirflow.schemas.paths)
+    made absolute against `base_dir` (default the current directory), because a worker or a served run does
+    not share the working directory of the `cirflow deploy` call; as JSON-ready data."""
     if isinstance(path, dict):
         raw, source = dict(path), "<config>"
     else:
         raw, source = with_base(read_yaml(path), path), str(path)
-    method = raw.get("method") or DEFAULT_METHOD
-    if method not in FLOWS:
-        raise ConfigError(f"{source}: method {method!r} has no flow (registered: {', '.join(sorted(FLOWS))})")
-    raw["method"] = method
-    raw = absolutize(raw, base_dir or os.getcwd())
-    parse = _validators().get(method)
-    return parse(raw, source).model_dump(mode="json") if parse else raw
-
-
-def absolutize(raw: dict, base_dir: str | os.PathLike) -> dict:
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    for path in PATH_FIELDS:
-        node = out
-        for k in path[:-1]:
-            node = node.get(k) if isinstance(node, dict) else None
-        value = node.get(path[-1]) if isinstance(node, dict) else None
-        if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value):
-            node[path[-1]] = str((Path(base_dir) / os.path.expanduser(value)).resolve())
-    enc = out.get("encoder")
-    if isinstance(enc, dict) and isinstance(enc.get("model"), str) and enc["model"].startswith("local-dir:"):
-        d = enc["model"][len("local-dir:"):]
-        if not os.path.isabs(d):
-            enc["model"] = "local-dir:" + str((Path(base_dir) / d).resolve())
-    return out
+    cfg = registry.parse_config(raw, source)
+    return resolve_paths(cfg, base_dir or os.getcwd()).model_dump(mode="json")
 
 
 # ----------------------------------------------------------------------------------------------- deploy
@@ -192,5 +146,5 @@ def deploy(config: str | os.PathLike | dict, name: str, *, cron: str | None = No
             "worker_command": f"prefect worker start --pool {work_pool} --type process"}
 
 
-__all__ = ["ENTRYPOINT", "absolutize", "deploy", "ensure_work_pool", "load_deploy_config", "run_deployment",
+__all__ = ["ENTRYPOINT", "deploy", "ensure_work_pool", "load_deploy_config", "run_deployment",
            "schedule_kwargs"]

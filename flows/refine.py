@@ -9,26 +9,65 @@ Fashion-IQ categories run as groups; the exported folder holds every group's cap
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
 
-from cirflow.flows.gpu import GpuGate, uses_gpu
-from cirflow.models.encoder import OpenClipEncoder
-from cirflow.models.mllm.factory import load_mllm
-from cirflow.schemas.refine import RefineConfig
+from pydantic import Field, model_validator
+
+from cirflow.flows.method import Method, basic_preflight
+from cirflow.flows.models import ModelPool
+from cirflow.schemas.base import Strict
+from cirflow.schemas.config import BenchmarkConfig
+from cirflow.schemas.encoder import EncoderConfig
+from cirflow.schemas.mllm import MLLMConfig
+from cirflow.schemas.names import Name
+from cirflow.schemas.paths import LocalPath
+from cirflow.schemas.refine import RefineOptions
 from cirflow.storage import ArtifactStore
-from cirflow.tasks import embed, ingest
-from cirflow.tasks import refine_benchmark as rb
+from cirflow.tasks.runs import embed_images, ingest
+from cirflow.tasks.refine import refine_benchmark, refine_candidates, refine_regenerate, refine_validate
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 _opts = dict(cache_policy=NO_CACHE, persist_result=False)
 # Local wrappers (tasks/wrappers.py is shared; these can move there as they are).
 _ingest = task(ingest.run, name="ingest", **_opts)
-_embed_images = task(embed.embed_images, name="embed_images", **_opts)
-refine_candidates_task = task(rb.candidates, name="refine_candidates", **_opts)
-refine_validate_task = task(rb.validate, name="refine_validate", retries=1, retry_delay_seconds=10, **_opts)
-refine_regenerate_task = task(rb.regenerate, name="refine_regenerate", retries=1, retry_delay_seconds=10, **_opts)
-refine_build_task = task(rb.build, name="refine_benchmark", **_opts)
+_embed_images = task(embed_images.embed_images, name="embed_images", **_opts)
+refine_candidates_task = task(refine_candidates.candidates, name="refine_candidates", **_opts)
+refine_validate_task = task(refine_validate.validate, name="refine_validate", retries=1, retry_delay_seconds=10,
+                            **_opts)
+refine_regenerate_task = task(refine_regenerate.regenerate, name="refine_regenerate", retries=1, retry_delay_seconds=10,
+                              **_opts)
+refine_build_task = task(refine_benchmark.build, name="refine_benchmark", **_opts)
+
+
+class RefineConfig(Strict):
+    """`method: refine` run config (one YAML file), the refine method of cirflow.flows.registry."""
+
+    name: Name = "refine"
+    method: Literal["refine"] = "refine"
+    store: LocalPath = ".cirflow/store"
+    storage_options: dict = Field(default_factory=dict)
+    output_dir: LocalPath = ".cirflow/runs"
+    gpu_limit: str | None = None  # Prefect global concurrency limit gating model loads (cirflow.flows.gpu)
+    benchmark: BenchmarkConfig
+    mllm: MLLMConfig
+    encoder: EncoderConfig
+    refine: RefineOptions = Field(default_factory=RefineOptions)
+    embed_shard_size: int = Field(4096, ge=1)
+
+    @model_validator(mode="after")
+    def _benchmark(self) -> "RefineConfig":
+        if self.benchmark.name not in ("cirr", "fashioniq"):
+            raise ValueError(f"refinement supports cirr and fashioniq, not {self.benchmark.name}")
+        if self.benchmark.split not in (None, "val", "train"):
+            raise ValueError("refinement needs ground truth: split val (or train)")
+        return self
+
+    def out_dir(self) -> str:
+        return self.refine.out_dir or str(Path(self.output_dir) / self.name)
 
 
 @flow(name="refine-benchmark")
@@ -38,9 +77,9 @@ def refine(config: dict, progress: bool = True) -> dict:
     o, b = cfg.refine, cfg.benchmark
     t0 = datetime.now(timezone.utc)
     builds, stages = {}, []
-    with GpuGate(cfg.gpu_limit) as gate, \
-            gate.lazy(lambda: load_mllm(cfg.mllm), when=uses_gpu(cfg.mllm)) as mllm, \
-            gate.lazy(lambda: OpenClipEncoder(cfg.encoder), when=uses_gpu(cfg.encoder)) as encoder:
+    with ModelPool(cfg.gpu_limit) as pool:
+        gate = pool.gate
+        mllm, encoder = pool.add_mllm("mllm", cfg.mllm), pool.add_encoder("encoder", cfg.encoder)
         for group in b.groups():
             label = "/".join([b.name, *group.values()])
             bench = _ingest(store, b.name, b.data_root, split=b.split or "val", image_root=b.image_root,
@@ -50,7 +89,13 @@ def refine(config: dict, progress: bool = True) -> dict:
             cands = refine_candidates_task(store, bench, image_emb, o)
             rounds = [refine_validate_task(store, bench, cands, cfg.mllm, o, level=0, mllm=mllm, progress=progress)]
             regen = None
-            if rounds[0].manifest.stats["states"].get("pending"):
+            states = rounds[0].manifest.stats.get("states")
+            if states is None:  # `--plan`: a round not computed yet; whether texts are regenerated depends on it
+                from cirflow.tasks.plan_mode import PlanBlocked
+
+                raise PlanBlocked(f"{rounds[0].stage}/{rounds[0].key[:12]} would be computed first: whether "
+                                  "texts are regenerated depends on its answers")
+            if states.get("pending"):
                 regen = refine_regenerate_task(store, bench, rounds[0], cfg.mllm, o, mllm=mllm, progress=progress)
                 for level in range(1, o.levels + 1):
                     rounds.append(refine_validate_task(store, bench, cands, cfg.mllm, o, level=level,
@@ -59,7 +104,7 @@ def refine(config: dict, progress: bool = True) -> dict:
             builds[label] = (built, bench)
             arts = [bench, image_emb, cands, rounds[0], *([regen] if regen else []), *rounds[1:], built]
             stages += [_report(a, label) for a in arts]
-    exported = rb.export({k: v for k, v in builds.items()}, cfg.out_dir(), link_images=o.link_images)
+    exported = refine_benchmark.export({k: v for k, v in builds.items()}, cfg.out_dir(), link_images=o.link_images)
     doc = {"run": cfg.name, "method": cfg.method, "benchmark": b.name, "store": store.url, "stages": stages,
            "counts": exported["counts"], "output_dir": exported["out_dir"], "files": exported,
            "gpu_gate": {"name": gate.name, "used": gate.used}, "started": t0.isoformat(),
@@ -81,10 +126,18 @@ def _prefect_artifacts(doc: dict) -> None:
     if FlowRunContext.get() is None:
         return
     key = "".join(c if c.isalnum() else "-" for c in doc["run"].lower()).strip("-") or "refine"
-    create_markdown_artifact(markdown=rb.report_markdown(doc["counts"]), key=f"{key}-refinement",
+    create_markdown_artifact(markdown=refine_benchmark.report_markdown(doc["counts"]), key=f"{key}-refinement",
                              description=f"refined {doc['benchmark']}: kept / revised / removed")
 
 
 def run_refine(config: dict, progress: bool = True) -> dict:
     """The FLOWS entry: `FLOWS["refine"] = run_refine` (same signature as the other entries)."""
     return refine(config, progress=progress)
+
+
+def print_refine(doc: dict, as_json: bool) -> None:
+    shown = doc if as_json else {k: doc[k] for k in ("counts", "output_dir") if k in doc}
+    print(json.dumps(shown, indent=2, default=str))
+
+
+REFINE = Method("refine", RefineConfig, refine, basic_preflight, print_refine)

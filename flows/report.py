@@ -9,8 +9,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import polars as pl
-from cirflow.flows.summary import average_groups, computed_by_stage, distinct_stages, group_metrics
-from cirflow.schemas.config import RunConfig
+from cirflow.evaluation.api import average_over
+from cirflow.flows.record import write_resolved_config
+from cirflow.flows.report_html import REPORT, write_report
+from cirflow.flows.summary import computed_by_stage, distinct_stages, group_metrics
+from cirflow.schemas.config import RunBase
 from cirflow.storage import Artifact, ArtifactStore
 
 
@@ -27,7 +30,7 @@ class Row:
 @dataclass
 class ComparisonReport:
     name: str
-    base: RunConfig
+    base: RunBase
     started: float
     sweep: object = None
     rows: list[Row] = field(default_factory=list)
@@ -46,7 +49,7 @@ class ComparisonReport:
             rec = {"encoder": enc, "variant": var}
             if self.sweep is not None:
                 rec |= {"value": str(value), "seed": seed}
-            rec |= {m: round(v, 4) for m, v in average_groups(groups).items()}
+            rec |= {m: round(v, 4) for m, v in average_over(groups).items()}
             records.append(rec)
         return pl.DataFrame(records)
 
@@ -63,6 +66,10 @@ class ComparisonReport:
         return out
 
     def publish(self, store: ArtifactStore) -> dict:
+        from cirflow.tasks import plan_mode
+
+        if plan_mode.active() is not None:  # `--plan` writes nothing; the planner reports (flows/plan.py)
+            return {}
         table = self.table()
         stages = self.stages()
         # an artifact reused by several variants is counted once per run
@@ -84,8 +91,11 @@ class ComparisonReport:
         if self.sweep is not None:
             doc["plot"] = str(self.plot(table, out / "sweep.png"))
             doc["sweep_summary"] = sweep_summary(table, self.sweep.param).to_dicts()
+        doc["report"] = str(out / REPORT)
         (out / "summary.json").write_text(json.dumps(doc, indent=2, default=str))
-        _prefect_table(self.name, table)
+        write_resolved_config(out, self.base)
+        write_report(out, store)  # reads summary.json back, as `cirflow report RUN_DIR` does
+        _prefect_table(self.name, table, doc["report"])
         return doc
 
     def plot(self, table: pl.DataFrame, path: Path) -> Path:
@@ -138,12 +148,36 @@ def to_markdown(table: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _prefect_table(name: str, table: pl.DataFrame) -> None:
-    from prefect.artifacts import create_table_artifact
+def _prefect_table(name: str, table: pl.DataFrame, report: str) -> None:
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
     from prefect.context import FlowRunContext
 
     if FlowRunContext.get() is None:
         return
     key = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-") or "comparison"
     create_table_artifact(table=table.to_dicts(), key=key, description=f"comparison {name}")
+    create_markdown_artifact(markdown=f"[HTML report]({Path(report).resolve().as_uri()})", key=f"{key}-report",
+                             description=f"comparison {name}: per-query report")
 
+
+
+def encoder_label(cfg) -> str:
+    """An encoder's row label in comparison tables: "ViT-B-32/openai", or a local folder's name."""
+    e = cfg.encoder
+    name = e.model.rsplit("/", 1)[-1] if e.model.startswith("local-dir:") else e.model
+    return f"{name}/{e.pretrained}" if e.pretrained else name
+
+
+def print_comparison(doc: dict, as_json: bool) -> None:
+    """The report of a comparison, sweep or ablation: the table, stage counts and where the files are."""
+    if as_json:
+        print(json.dumps(doc, indent=2, default=str))
+        return
+    print(doc["markdown"])
+    counts = ", ".join(f"{n} {status}" for status, n in doc["stage_counts"].items())
+    print(f"\nstages: {counts} ({doc['wall_seconds']} s)")
+    print(f"table: {doc['output_dir']}/comparison.md (.csv, .parquet)")
+    if doc.get("report"):
+        print(f"report: {doc['report']}")
+    for plot in [doc["plot"]] if "plot" in doc else list(doc.get("plots", {}).values()):
+        print(f"plot: {plot}")

@@ -11,18 +11,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cirflow.schemas.config import RunConfig
+from cirflow.evaluation.api import average_over
+from cirflow.flows.report_html import REPORT, write_report
+from cirflow.flows.record import write_resolved_config
+from cirflow.schemas.config import RunBase
 from cirflow.storage import Artifact, ArtifactStore
 
 
 @dataclass
 class RunSummary:
-    config: RunConfig
+    config: RunBase
     started: float
     groups: dict[str, list[Artifact]] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, config: RunConfig) -> "RunSummary":
+    def start(cls, config: RunBase) -> "RunSummary":
         return cls(config, time.perf_counter())
 
     def add_group(self, label: str, artifacts: list[Artifact]) -> None:
@@ -32,16 +35,6 @@ class RunSummary:
 def group_metrics(evaluate: Artifact) -> dict[str, float]:
     t = evaluate.read("data")
     return {m: v for g, m, v in zip(*(t.column(c).to_pylist() for c in ("group", "metric", "value"))) if g == "all"}
-
-
-def average_groups(per_group: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Fashion-IQ reports the mean of per-category recalls, GeneCIS the mean R@1 over tasks: a plain mean of
-    each metric that every group has."""
-    groups = list(per_group.values())
-    if len(groups) == 1:
-        return dict(groups[0])
-    common = set.intersection(*(set(g) for g in groups)) if groups else set()
-    return {m: sum(g[m] for g in groups) / len(groups) for m in sorted(common)}
 
 
 def distinct_stages(stages: list[dict]) -> list[dict]:
@@ -89,10 +82,11 @@ def build(summary: RunSummary, store: ArtifactStore) -> dict:
         "run": cfg.name, "method": cfg.method, "benchmark": cfg.benchmark.name, "split": cfg.benchmark.split,
         "store": store.url,
         "encoder": {"model": cfg.encoder.model, "pretrained": cfg.encoder.pretrained},
-        "mllm": {"backend": cfg.mllm.backend, "model": cfg.mllm.model},
+        # trained-encoder methods (collm, instructcir) run without an MLLM
+        "mllm": {"backend": cfg.mllm.backend, "model": cfg.mllm.model} if cfg.mllm is not None else None,
         "stages": stages,
         "computed_by_stage": computed_by_stage(stages),
-        "metrics": average_groups(per_group),
+        "metrics": average_over(per_group),
         "groups": per_group if len(per_group) > 1 else {},
         "submission_files": files,
         "compute": {"wall_seconds": round(wall, 3), "stage_seconds_computed": round(computed, 3),
@@ -103,11 +97,22 @@ def build(summary: RunSummary, store: ArtifactStore) -> dict:
     }
 
 
+def ok_failed(stats: dict) -> tuple[str, str]:
+    """The ok / failed item counts of a stage's stats: its per-item status counts, or (embed_images: failures
+    kept in a side table) its items less its failures; blank for stages whose items cannot fail one by one."""
+    if "ok" in stats or "failed" not in stats:
+        return str(stats.get("ok", "")), str(stats.get("failed", ""))
+    total = stats.get("items", stats.get("images"))
+    return (str(total - stats["failed"]) if isinstance(total, int) else ""), str(stats["failed"])
+
+
 def stages_markdown(doc: dict) -> str:
-    lines = ["| group | stage | status | shards computed | shards skipped | seconds | key |", "|---|---|---|--:|--:|--:|---|"]
+    lines = ["| group | stage | status | ok | failed | shards computed | shards skipped | seconds | key |",
+             "|---|---|---|--:|--:|--:|--:|--:|---|"]
     for s in doc["stages"]:
-        lines.append(f"| {s['label']} | {s['stage']} | {s['status']} | {s['shards_computed']} | {s['shards_skipped']} "
-                     f"| {s['seconds']:.2f} | {s['key'][:12]} |")
+        ok, failed = ok_failed(s.get("stats") or {})
+        lines.append(f"| {s['label']} | {s['stage']} | {s['status']} | {ok} | {failed} "
+                     f"| {s['shards_computed']} | {s['shards_skipped']} | {s['seconds']:.2f} | {s['key'][:12]} |")
     return "\n".join(lines)
 
 
@@ -133,10 +138,13 @@ def _metrics_csv(doc: dict) -> str:
 
 def publish(summary: RunSummary, store: ArtifactStore) -> dict:
     """Write the run folder (summary.json, metrics.md/.csv, submission files) and Prefect table artifacts."""
+    from cirflow.tasks import plan_mode
+
+    if plan_mode.active() is not None:  # `--plan` writes nothing; the planner reports (flows/plan.py)
+        return {}
     doc = build(summary, store)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(summary.config.output_dir) / summary.config.name / stamp
-    out.mkdir(parents=True, exist_ok=True)
+    out = _new_run_folder(Path(summary.config.output_dir) / summary.config.name, stamp)
     copied = []
     for label, paths in doc["submission_files"].items():
         for p in paths:
@@ -150,9 +158,26 @@ def publish(summary: RunSummary, store: ArtifactStore) -> dict:
     (out / "metrics.md").write_text(metrics_markdown(doc) + "\n")
     (out / "metrics.csv").write_text(_metrics_csv(doc))
     (out / "stages.md").write_text(stages_markdown(doc) + "\n")
+    doc["report"] = str(out / REPORT)
     (out / "summary.json").write_text(json.dumps(doc, indent=2))
+    write_resolved_config(out, summary.config)
+    write_report(out, store)  # reads summary.json back, as `cirflow report RUN_DIR` does
     _prefect_artifacts(doc)
     return doc
+
+
+def _new_run_folder(parent: Path, stamp: str) -> Path:
+    """A run folder of this run's own: identical runs started in the same second (two users, a retried job)
+    must not write into one folder, so a taken name gets a suffix (created exclusively, never reused)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        out = parent / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: no free run folder name for {stamp}")
 
 
 def _prefect_artifacts(doc: dict) -> None:
@@ -165,7 +190,8 @@ def _prefect_artifacts(doc: dict) -> None:
     create_table_artifact(table=[{"group": "all", **doc["metrics"]}] +
                           [{"group": g, **m} for g, m in sorted(doc["groups"].items())],
                           key=f"{key}-metrics", description=f"{doc['method']} on {doc['benchmark']}")
-    create_markdown_artifact(markdown=stages_markdown(doc), key=f"{key}-stages",
+    create_markdown_artifact(markdown=f"[HTML report]({Path(doc['report']).resolve().as_uri()})\n\n"
+                             + stages_markdown(doc), key=f"{key}-stages",
                              description="per-stage computed / cached / resumed")
 
 
@@ -184,6 +210,7 @@ def merge(docs: list[dict]) -> dict:
     out["groups"] = {d["benchmark"]: d["metrics"] for d in docs}
     out["submission_files"] = [f for d in docs for f in d["submission_files"]]
     out["output_dir"] = [d["output_dir"] for d in docs]
+    out["report"] = [d["report"] for d in docs if d.get("report")]
     out["runs"] = [{"run": d["run"], "benchmark": d["benchmark"], "output_dir": d["output_dir"],
                     "metrics": d["metrics"]} for d in docs]
     c = [d["compute"] for d in docs]
@@ -195,3 +222,23 @@ def merge(docs: list[dict]) -> dict:
     if q:
         out["compute"]["end_to_end_seconds_per_query"] = round(out["compute"]["stage_seconds_computed"] / q, 5)
     return out
+
+
+def print_summary(doc: dict, as_json: bool) -> None:
+    """The report of a benchmark run (and of the demo's merged runs): stage table, metrics, compute, files."""
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    print(f"{doc['method']} on {doc['benchmark']} — stages")
+    print(stages_markdown(doc))
+    print("\nmetrics (percent)")
+    print(metrics_markdown(doc))
+    c = doc["compute"]
+    print(f"\ncompute: {c['wall_seconds']} s wall, {c['stage_seconds_computed']} s in computed stages"
+          + (f", {c['end_to_end_seconds_per_query']} s per query" if c["end_to_end_seconds_per_query"] else ""))
+    print(f"store: {doc['store']}")
+    # one line per run folder (a merged summary, the demo's, has one per benchmark); --json lists every file
+    dirs = [doc["output_dir"]] if isinstance(doc["output_dir"], str) else doc["output_dir"]
+    for d in dirs:
+        n = sum(1 for f in doc["submission_files"] if f.startswith(d.rstrip("/") + "/"))
+        print(f"run folder: {d} (report.html" + (f", {n} submission files in submissions/)" if n else ")"))

@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cirflow.models.images import load_image
-from cirflow.schemas.encoder import EncoderConfig, weights_revision
+from cirflow.models.weights import weights_revision
+from cirflow.schemas.encoder import EncoderConfig
 from cirflow.schemas.errors import CirflowError
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -48,7 +49,9 @@ class OpenClipEncoder:
                 cfg.model, pretrained=cfg.pretrained, device=self.device
             )
         self.model = model.eval()
-        self.preprocess = preprocess  # the eval transform (resize, centre crop, normalise)
+        # the eval transform (resize, centre crop, normalise), after CIReVL's target pad when configured
+        self.preprocess = (TargetPadThen(cfg.target_pad_ratio, preprocess) if cfg.preprocess == "target_pad"
+                           else preprocess)
         self.tokenizer = _tokenizer(open_clip, cfg)
         self._open_clip_version = open_clip.__version__
         with torch.inference_mode(), self._autocast():
@@ -63,6 +66,7 @@ class OpenClipEncoder:
             "pretrained": self.cfg.pretrained,
             "revision": self.revision,
             "precision": self.cfg.precision,
+            "preprocess": self.cfg.preprocess,
             "device": str(self.device),
             "dim": self.dim,
             "open_clip": self._open_clip_version,
@@ -122,6 +126,29 @@ class OpenClipEncoder:
     def _autocast(self):
         dtype = _DTYPES.get(self.cfg.precision)
         return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def target_pad(image, ratio: float):
+    """CIReVL's / CLIP4Cir's TargetPad: an image whose max/min side ratio is at least `ratio` is zero-padded,
+    equally on both short sides (int division as theirs), to a max side / `ratio` short side; others unchanged."""
+    from torchvision.transforms import functional as F
+
+    w, h = image.size
+    if max(w, h) / min(w, h) < ratio:
+        return image
+    scaled = max(w, h) / ratio
+    hp, vp = max(int((scaled - w) / 2), 0), max(int((scaled - h) / 2), 0)
+    return F.pad(image, [hp, vp, hp, vp], 0, "constant")
+
+
+class TargetPadThen:
+    """target_pad, then open_clip's transform (a class, not a lambda: DataLoader workers pickle it)."""
+
+    def __init__(self, ratio: float, transform):
+        self.ratio, self.transform = ratio, transform
+
+    def __call__(self, image):
+        return self.transform(target_pad(image, self.ratio))
 
 
 class _ImageDataset(Dataset):

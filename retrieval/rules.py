@@ -111,6 +111,23 @@ def rank_from_scores(
     return _rank(benchmark, queries, _MatrixScores(s), image_ids, in_gallery, k, IndexConfig(), circo_exclude_reference)
 
 
+def rank_with_source(
+    benchmark: str,
+    queries: pa.Table,
+    source,
+    image_ids: Sequence[str],
+    in_gallery: np.ndarray,
+    *,
+    k: int = 50,
+    circo_exclude_reference: bool = False,
+) -> pa.Table:
+    """Same rules on another score source, e.g. token-level scores (retrieval/token_topk.py). `source` has
+    `kind` (str, recorded as "scores"), `n_queries`, `pairs(qi, cols) -> float32 [len(cols)]` and
+    `gallery_topk(gallery_idx, k, exclude, cfg) -> (scores [nQ, k], gallery positions [nQ, k], search dict)`."""
+    _check_rows(queries, source.n_queries, "scores")
+    return _rank(benchmark, queries, source, image_ids, in_gallery, k, IndexConfig(), circo_exclude_reference)
+
+
 def ranking_info(table: pa.Table) -> dict:
     """The retrieval metadata rank_queries attached to a RANKINGS table (empty dict if absent)."""
     meta = table.schema.metadata or {}

@@ -8,6 +8,14 @@ lowest-index entries equal to it. The final order comes from an index sort follo
 
 Scores are computed block by block (a block of query rows against the whole gallery) on the GPU when there is
 one; a block never exceeds `_BLOCK_ELEMS` scores (256 MB as float32), whatever `chunk` says.
+
+On CPU, `topk` on embeddings takes a faster route with the same rule (issue 14): FAISS's brute-force kernel
+(`faiss.knn`, blocked sgemm + heap, which never materialises a score block and beats torch's matmul alone)
+returns the k + m + margin best candidates per query (m = that query's masked ids), and the candidates are
+re-ranked by the tie rule. Every gallery row outside the candidates scores <= the last candidate, so the set
+is forced whenever the k-th kept score is strictly above the best score left after it; a row where they are
+equal (a tie straddles the candidate boundary) is redone on the exact path. Scores are FAISS's float32 sums,
+which may differ from torch's in the last bit: the ids equal the exact top-k up to that rounding.
 """
 
 from __future__ import annotations
@@ -36,15 +44,69 @@ def topk(
     k is clipped to the gallery size.
     """
     dev = _device(device)
-    g = torch.from_numpy(np.ascontiguousarray(gallery, dtype=np.float32)).to(dev)
+    g_np = np.ascontiguousarray(gallery, dtype=np.float32)
     q_all = np.ascontiguousarray(queries, dtype=np.float32)
-    if q_all.shape[1] != g.shape[1]:
-        raise ValueError(f"query dim {q_all.shape[1]} != gallery dim {g.shape[1]}")
+    if q_all.shape[1] != g_np.shape[1]:
+        raise ValueError(f"query dim {q_all.shape[1]} != gallery dim {g_np.shape[1]}")
+    if dev.type == "cpu":
+        fast = _faiss_topk(q_all, g_np, k, exclude, chunk)
+        if fast is not None:
+            return fast
+    g = torch.from_numpy(g_np).to(dev)
 
     def block(lo: int, hi: int) -> torch.Tensor:
         return torch.from_numpy(q_all[lo:hi]).to(dev) @ g.T
 
     return _run(block, len(q_all), g.shape[0], k, chunk, exclude)
+
+
+# candidates beyond k + m: a tie at the k-th score spanning this many more rows still resolves without the
+# exact path; larger costs FAISS more heap work for nothing on real embeddings
+_TIE_MARGIN = 4
+_FAISS_DB_BLOCK = 16384
+
+
+def _faiss_topk(q: np.ndarray, g: np.ndarray, k: int, exclude, chunk: int):
+    """The FAISS-candidates route (module docstring); None when it does not apply (k + m + margin covers the
+    whole gallery, or nothing to do), so the caller takes the exact path."""
+    n_q, n_g = len(q), len(g)
+    k = min(int(k), n_g)
+    excl = None if exclude is None else np.asarray(exclude, dtype=np.int64).reshape(n_q, -1)
+    m = 0 if excl is None else int((excl >= 0).sum(axis=1).max(initial=0))
+    kc = k + m + _TIE_MARGIN
+    if k == 0 or n_q == 0 or kc >= n_g:
+        return None
+    import faiss  # lazy: importing faiss costs ~0.3 s that commands which never rank should not pay
+
+    # FAISS scores 1024 gallery rows per sgemm by default; 16,384 (a <= 256 MB block, like _BLOCK_ELEMS) means
+    # 16x fewer thread barriers and measured 1.3-2x faster on the shared 2-core box (bench/README.md). A global
+    # setting, so it is put back at once; it changes how the scores are blocked, and the ids still follow the rule.
+    bs = faiss.cvar.distance_compute_blas_database_bs
+    faiss.cvar.distance_compute_blas_database_bs = max(bs, _FAISS_DB_BLOCK)
+    try:
+        cand_s, cand_i = faiss.knn(q, g, kc, faiss.METRIC_INNER_PRODUCT)
+    finally:
+        faiss.cvar.distance_compute_blas_database_bs = bs
+    if excl is not None and m:
+        # masked ids drop out of the candidate list (same effect as -inf: k <= kc - m rows are left)
+        hit = (cand_i[:, :, None] == excl[:, None, :]).any(axis=2)
+        cand_s = np.where(hit, np.float32(-np.inf), cand_s)
+    # re-rank each row by the rule: index ascending, then a stable sort on score descending
+    by_id = np.argsort(cand_i, axis=1, kind="stable")
+    cand_i = np.take_along_axis(cand_i, by_id, 1)
+    cand_s = np.take_along_axis(cand_s, by_id, 1)
+    by_s = np.argsort(-cand_s, axis=1, kind="stable")
+    cand_i = np.take_along_axis(cand_i, by_s, 1)
+    cand_s = np.take_along_axis(cand_s, by_s, 1)
+    # forced when the k-th kept score beats the next one (every non-candidate scores <= every candidate)
+    redo = np.flatnonzero(~(cand_s[:, k] < cand_s[:, k - 1]))
+    out_s, out_i = np.ascontiguousarray(cand_s[:, :k]), np.ascontiguousarray(cand_i[:, :k])
+    if len(redo):
+        gt = torch.from_numpy(g)
+        rs, ri = _run(lambda lo, hi: torch.from_numpy(q[redo[lo:hi]]) @ gt.T, len(redo), n_g, k, chunk,
+                      None if excl is None else excl[redo])
+        out_s[redo], out_i[redo] = rs, ri
+    return out_s, out_i
 
 
 def topk_scores(
@@ -65,6 +127,20 @@ def topk_scores(
         return s[lo:hi].to(dev, copy=True)  # a copy: masking must not write into the caller's matrix
 
     return _run(block, s.shape[0], s.shape[1], k, chunk, exclude)
+
+
+def topk_blocks(
+    block: Callable[[int, int], torch.Tensor],
+    n_q: int,
+    n_g: int,
+    k: int,
+    *,
+    chunk: int = 1024,
+    exclude: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Same selection and tie rule on scores a caller produces: `block(lo, hi)` returns query rows lo..hi against
+    the whole gallery, a fresh [hi - lo, n_g] float32 tensor (it is masked in place), e.g. token-level scores."""
+    return _run(block, n_q, n_g, k, chunk, exclude)
 
 
 def select_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,10 +10,13 @@ from __future__ import annotations
 from typing import Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from cirflow.schemas.encoder import EncoderConfig
-from cirflow.schemas.mllm import MLLMConfig, SamplingParams
+from cirflow.schemas.base import Strict
+from cirflow.schemas.config import CaptionConfig as _CaptionConfig
+from cirflow.schemas.mllm import SamplingParams
+from cirflow.schemas.paths import LocalPath, TemplatePath
+from cirflow.schemas.names import Name
 
 STR_LIST = pa.list_(pa.string())
 
@@ -35,6 +38,15 @@ MTCIR_CATEGORIES: dict[str, tuple[str, str]] = {
 DEFAULT_BIOMETRIC_WORDS = (
     "skin", "skinned", "hair", "haired", "hairstyle", "gender", "age", "aged", "race", "racial", "ethnic",
     "ethnicity", "complexion", "beard", "bearded", "mustache", "moustache", "bald", "freckles", "wrinkles",
+)  # fmt: skip
+
+# Images (collm.txt §4.1: "For images, we apply face blurring to all instances"; the paper names no detector).
+# Our stand-in: an image whose detailed caption mentions a person or a face is removed with every pair it is
+# in (stricter than blurring, and needs no face detector); see README "Paper defaults and deliberate deviations".
+DEFAULT_BIOMETRIC_IMAGE_WORDS = (
+    "person", "persons", "people", "man", "men", "woman", "women", "boy", "boys", "girl", "girls", "child",
+    "children", "kid", "kids", "baby", "babies", "toddler", "face", "faces", "portrait", "selfie", "human",
+    "humans", "guy", "lady", "ladies", "teenager", "crowd",
 )  # fmt: skip
 
 
@@ -146,11 +158,7 @@ MVFT_TRIPLETS = pa.schema([
 # ------------------------------------------------------------------------------------------------ configs
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class CollectionSource(_Strict):
+class CollectionSource(Strict):
     """Where the unlabeled images are.
 
     folder: every file under `uri` (recursive) whose extension is in `extensions`; meta_class = the first folder
@@ -166,7 +174,7 @@ class CollectionSource(_Strict):
     """
 
     kind: Literal["folder", "list", "parquet"]
-    uri: str
+    uri: LocalPath  # a folder, list file or table; an fsspec URL is left as is
     storage_options: dict = Field(default_factory=dict)
     extensions: list[str] = Field(default_factory=lambda: list(IMAGE_EXTENSIONS))
     meta_class_from: Literal["none", "top_dir"] = "top_dir"  # folder sources only
@@ -177,7 +185,7 @@ class CollectionSource(_Strict):
     thumbnail: int = Field(64, ge=8)  # decode check: decode to at most this many pixels per side
 
 
-class PairingConfig(_Strict):
+class PairingConfig(Strict):
     """CIRR-style groups of six (collm.txt supp. 8.1): members join a group when their similarity to the first
     image lies in [min_similarity, max_similarity] and is at least `spacing` below the previous member's."""
 
@@ -186,12 +194,14 @@ class PairingConfig(_Strict):
     max_similarity: float = 0.95
     spacing: float = Field(0.03, ge=0.0)
     neighbours: int = Field(256, ge=1)  # candidates examined per anchor (its nearest neighbours)
-    exclusive: bool = True  # an image belongs to at most one group
+    # false (collm.txt supp. 8.1, MTCIR's ~8 pairs per image): every image anchors a group and may join others';
+    # true: CIRR's rule, an image belongs to at most one group (~1.5 pairs per image)
+    exclusive: bool = False
     max_groups: int | None = Field(None, ge=1)
     seed: int = 0  # the order in which anchors are tried
 
 
-class RandomPairingConfig(_Strict):
+class RandomPairingConfig(Strict):
     """InstructCIR (instructcir.txt §II-A, §III-A): random pairs within a meta-class, or over the whole collection."""
 
     within: Literal["meta_class", "collection"] = "meta_class"
@@ -199,80 +209,49 @@ class RandomPairingConfig(_Strict):
     seed: int = 0
 
 
-class CaptionConfig(_Strict):
+class CollectionCaptionConfig(_CaptionConfig):
+    """caption_collection: the run configs' CaptionConfig, plus where captions come from, with build defaults."""
+
     source: Literal["mllm", "collection"] = "mllm"  # "collection": use the collection's own caption column
-    prompt: str | None = None  # template file; default prompts/build_caption.<build>.txt
+    # prompt: template file; default prompts/caption_collection.<build>.txt
     sampling: SamplingParams = SamplingParams(max_tokens=256)
     shard_size: int = Field(64, ge=1)
 
 
-class MTCIRTextConfig(_Strict):
-    prompt: str | None = None  # default prompts/build_mtcir_modification.txt
+CaptionConfig = CollectionCaptionConfig  # the old name (tasks/builds/caption_collection.py, tests)
+
+
+class MTCIRTextConfig(Strict):
+    prompt: TemplatePath | None = None  # default prompts/mtcir_texts.modification.txt
     sampling: SamplingParams = SamplingParams(max_tokens=768)
-    max_words: int = Field(20, ge=1)  # "one short sentence less than 20 words" (collm.txt table 22)
+    # inclusive maximum: "one short sentence less than 20 words" (collm.txt table 22) allows 19, rejects 20
+    max_words: int = Field(19, ge=1)
     biometric_filter: bool = True
     biometric_words: list[str] = Field(default_factory=lambda: list(DEFAULT_BIOMETRIC_WORDS))
+    # image level: pairs with an image whose caption mentions a person or face are removed (and counted)
+    biometric_images: bool = True
+    biometric_image_words: list[str] = Field(default_factory=lambda: list(DEFAULT_BIOMETRIC_IMAGE_WORDS))
     shard_size: int = Field(64, ge=1)
 
 
-class InstructCIRTextConfig(_Strict):
-    prompt: str | None = None  # default prompts/build_instructcir_reformulation.txt
+class InstructCIRTextConfig(Strict):
+    prompt: TemplatePath | None = None  # default prompts/instructcir_texts.reformulation.txt
     sampling: SamplingParams = SamplingParams(max_tokens=48)
-    max_words: int = Field(12, ge=1)  # instructcir.txt table I: "within 12 words"
+    max_words: int = Field(12, ge=1)  # inclusive maximum: instructcir.txt table I, "within 12 words"
     shard_size: int = Field(64, ge=1)
 
 
-class MVFTTextConfig(_Strict):
-    modification_prompt: str | None = None  # default prompts/build_mvft_modification.txt
-    target_prompt: str | None = None  # default prompts/build_mvft_target.txt
+class MVFTTextConfig(Strict):
+    modification_prompt: TemplatePath | None = None  # default prompts/mvft_texts.modification.txt
+    target_prompt: TemplatePath | None = None  # default prompts/mvft_texts.target.txt
     sampling: SamplingParams = SamplingParams(temperature=0.7, top_p=0.9, max_tokens=96)
     target_sampling: SamplingParams = SamplingParams(max_tokens=160)
     shard_size: int = Field(64, ge=1)
 
 
-class ReleaseConfig(_Strict):
-    out_dir: str
-    name: str = "cirflow-build"
+class ReleaseConfig(Strict):
+    out_dir: LocalPath
+    name: Name = "cirflow-build"
     license: str = "other"  # an SPDX-style id or "other"; the images keep their own licences
     license_details: str = "Texts generated by the listed models; images are referenced by path and keep the " \
                            "licence of their source collection."
-
-
-class _BuildBase(_Strict):
-    name: str = "build"
-    store: str
-    storage_options: dict = Field(default_factory=dict)
-    cache: str | None = None  # LLM answer cache root; default <store>/_llm_cache
-    collection: CollectionSource
-    mllm: MLLMConfig  # captions (and, unless `llm` is set, the text-only requests)
-    llm: MLLMConfig | None = None  # text-only model for modification / reformulation texts
-    check_shard_size: int = Field(256, ge=1)
-    release: ReleaseConfig | None = None
-
-    def cache_root(self) -> str:
-        return self.cache or self.store.rstrip("/") + "/_llm_cache"
-
-    def text_llm(self) -> MLLMConfig:
-        return self.llm or self.mllm
-
-
-class MTCIRBuildConfig(_BuildBase):
-    method: Literal["build_mtcir"] = "build_mtcir"  # lets `cirflow deploy` pick the flow
-    encoder: EncoderConfig
-    embed_shard_size: int = Field(4096, ge=1)
-    pairing: PairingConfig = PairingConfig()
-    captions: CaptionConfig = CaptionConfig()
-    texts: MTCIRTextConfig = MTCIRTextConfig()
-
-
-class InstructCIRBuildConfig(_BuildBase):
-    method: Literal["build_instructcir"] = "build_instructcir"  # lets `cirflow deploy` pick the flow
-    pairing: RandomPairingConfig = RandomPairingConfig()
-    captions: CaptionConfig = CaptionConfig()
-    texts: InstructCIRTextConfig = InstructCIRTextConfig()
-
-
-class MVFTBuildConfig(_BuildBase):
-    method: Literal["build_mvft"] = "build_mvft"  # lets `cirflow deploy` pick the flow
-    captions: CaptionConfig = CaptionConfig()
-    texts: MVFTTextConfig = MVFTTextConfig()

@@ -1,22 +1,22 @@
-"""Configs of comparison grids and hyper-parameter sweeps: a base run config plus what varies."""
+"""What comparison grids and sweeps vary (fused rows, a swept parameter) over a base run config; the configs
+themselves are the compare / sweep methods' (cirflow.flows.compare)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError
 
-from cirflow.schemas.config import Mode, RunConfig, Strict
-from cirflow.schemas.encoder import EncoderConfig
+from cirflow.schemas.base import Strict
+from cirflow.schemas.config import Mode
 from cirflow.schemas.errors import ConfigError
-from cirflow.schemas.loading import load
+from cirflow.schemas.names import Name
 
 
 class FusionSpec(Strict):
     """A similarity-level combination of modes (PEFUSE's fused rows): S = rule({mode: weight})."""
 
-    name: str
+    name: Name
     terms: dict[Mode, float]
     rule: Literal["weighted_sum", "product"] = "weighted_sum"
     normalize: Literal["none", "zscore"] = "none"
@@ -40,27 +40,38 @@ class SweepSpec(Strict):
                 "diffusion": "diffusion.seed"}.get(head, "compose.sampling.seed")
 
 
-class CompareConfig(Strict):
-    method: Literal["compare", "sweep"] = "compare"  # lets `cirflow deploy` pick the flow
-    name: str = "compare"
-    base: RunConfig
-    modes: list[Mode] = Field(default_factory=lambda: ["t2i"])
-    encoders: list[EncoderConfig] = Field(default_factory=list)  # default: the base config's encoder
-    fusions: list[FusionSpec] = Field(default_factory=list)
-    sweep: SweepSpec | None = None
+class VariantSpec(Strict):
+    """One row of a comparison: the base run config with dotted fields replaced (e.g. MVFT-JI's table 4:
+    `{name: "w/o L_c", set: {train.loss.use_Lc: false}}`). Whatever the overrides leave unchanged keeps its
+    stage keys, so a variant that changes only evaluation reuses the stored model."""
 
-    @model_validator(mode="after")
-    def _check(self) -> "CompareConfig":
-        for f in self.fusions:
-            missing = set(f.terms) - set(self.modes)
-            if missing:
-                raise ValueError(f"fusion {f.name!r} uses modes {sorted(missing)} that are not in modes")
-        if {"i2i", "i2t"} & set(self.modes) and self.base.diffusion is None:
-            raise ValueError("modes i2i/i2t generate query images: add a diffusion section to base")
-        return self
+    name: str = Field(min_length=1)  # a table row label, never a path
+    set: dict[str, Any] = Field(default_factory=dict)
+
+    def apply(self, base: BaseModel) -> BaseModel:
+        return with_overrides(base, self.set, f"variant {self.name!r}")
 
 
-def with_override(cfg: RunConfig, path: str, value: Any) -> RunConfig:
+def with_overrides(cfg: BaseModel, overrides: dict[str, Any], what: str = "override") -> BaseModel:
+    """A copy of a run config with several dotted fields replaced, validated as a config file of its method
+    through the method registry (one ConfigError line on a bad path or value)."""
+    from cirflow.flows.registry import parse_config
+
+    data = cfg.model_dump(mode="json")
+    for path, value in overrides.items():
+        node = data
+        parts = path.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node, dict) or not isinstance(node.get(p), dict):
+                raise ConfigError(f"{what}: '{path}': no section '{p}' in the base config")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ConfigError(f"{what}: '{path}': no field '{parts[-1]}' in the base config")
+        node[parts[-1]] = value
+    return parse_config(data, what)
+
+
+def with_override(cfg: BaseModel, path: str, value: Any) -> BaseModel:
     """A copy of cfg with one dotted field replaced, validated like a config file."""
     data = cfg.model_dump(mode="json")
     node = data
@@ -73,10 +84,6 @@ def with_override(cfg: RunConfig, path: str, value: Any) -> RunConfig:
         raise ConfigError(f"sweep parameter '{path}': no field '{parts[-1]}'")
     node[parts[-1]] = value
     try:
-        return RunConfig.model_validate(data)
+        return type(cfg).model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"sweep parameter '{path}' = {value!r}: {e.errors()[0]['msg']}") from None
-
-
-def load_compare_config(path: str | Path) -> CompareConfig:
-    return load(CompareConfig, path)

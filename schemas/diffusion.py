@@ -2,7 +2,8 @@
 
 PEFUSE's diffusion branch edits the reference image with InstructPix2Pix, SDXL-InstructPix2Pix or SDXL-Turbo
 (img2img), conditioned either on the raw modification text or on the MLLM-composed target description.
-Paper defaults: guidance 7.5, image guidance 3.0, 30 steps, 768 x 768; SDXL-Turbo strength 0.5, guidance 0.
+Paper defaults: guidance 7.5, image guidance 3.0, 30 steps, 768 x 768, conditioned on the composed description;
+SDXL-Turbo 60 steps x strength 0.5 (= 30 effective steps), guidance 0.
 
 `key_fields()` answers "which weights and which sampler produced these images?". For a local checkpoint folder
 the revision is a sha256 over every weight/config/tokenizer file in it (cached by path, size and mtime through
@@ -13,26 +14,25 @@ out: they change speed, not the images (generators are per image and on the CPU)
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cirflow.schemas.encoder import file_sha256
+from cirflow.models.weights import file_sha256, pipeline_revision, tree_digest  # noqa: F401  (weight identity)
+from cirflow.schemas.paths import ModelPath
 
 Pipeline = Literal["instruct_pix2pix", "sdxl_instruct_pix2pix", "sdxl_turbo_img2img"]
 
-# Files of a diffusers checkpoint folder that decide its outputs: weights, component configs, tokenizers.
-_HASHED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json", ".txt", ".model")
-_IGNORED_NAMES = {"cirflow_tiny.json", "README.md", ".gitattributes"}
+# The paper's denoising steps per pipeline when the config does not set them (pefuse.txt §4.1, §5).
+DEFAULT_STEPS = {"instruct_pix2pix": 30, "sdxl_instruct_pix2pix": 30, "sdxl_turbo_img2img": 60}
 
 
 class DiffusionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pipeline: Pipeline
-    model: str  # HF id ("timbrooks/instruct-pix2pix", "stabilityai/sdxl-turbo") or a local save_pretrained dir
+    model: ModelPath  # HF id ("timbrooks/instruct-pix2pix", "stabilityai/sdxl-turbo") or a local save_pretrained dir
     revision: str | None = None  # hub branch/tag/commit; ignored for local dirs (their files are hashed)
     variant: str | None = None  # weight file variant, e.g. "fp16"
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
@@ -45,12 +45,25 @@ class DiffusionConfig(BaseModel):
     resolution: int = Field(768, ge=8, multiple_of=8)  # inputs are resized to resolution x resolution
     guidance_scale: float = Field(7.5, ge=0.0)
     image_guidance_scale: float = Field(3.0, ge=0.0)  # InstructPix2Pix variants only
+    # Unset: the paper's per pipeline (DEFAULT_STEPS): 30, and 60 for SDXL-Turbo, whose img2img runs
+    # int(steps * strength) = 60 * 0.5 = 30 effective steps (pefuse.txt §5, figure 5).
     num_inference_steps: int = Field(30, ge=1)
     strength: float = Field(0.5, gt=0.0, le=1.0)  # sdxl_turbo_img2img only
     num_images: int = Field(1, ge=1)  # images generated per query
     seed: int = 0
-    conditioning: Literal["modification", "composed"] = "modification"
+    # PEFUSE §3: I_g = g(I_ref, T_f), the edit is conditioned on the MLLM-composed description T_f;
+    # "modification" (the raw text) is the ablation of §4.5.2 / table 5.
+    conditioning: Literal["modification", "composed"] = "composed"
     negative_prompt: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_per_pipeline(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("num_inference_steps") is None and "pipeline" in data:
+            data = {**data, "num_inference_steps": DEFAULT_STEPS.get(data["pipeline"], 30)}
+        if isinstance(data, dict) and data.get("guidance_scale") is None and data.get("pipeline") == "sdxl_turbo_img2img":
+            data = {**data, "guidance_scale": 0.0}  # SDXL-Turbo runs without classifier-free guidance (figure 5)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "DiffusionConfig":
@@ -87,37 +100,3 @@ class DiffusionConfig(BaseModel):
             "conditioning": self.conditioning,
             "negative_prompt": self.negative_prompt,
         }
-
-
-def pipeline_revision(model: str, revision: str | None) -> str:
-    """A string that changes whenever the checkpoint behind (model, revision) changes."""
-    path = Path(model)
-    if path.is_dir():
-        return "sha256:" + tree_digest(path)
-    resolved = _hf_cached_commit(model, revision)
-    return f"hf:{revision or 'main'}@{resolved or 'unresolved'}"
-
-
-def tree_digest(root: Path) -> str:
-    """sha256 over (relative path, file sha256) of every weight, config and tokenizer file below `root`."""
-    files = sorted(p for p in root.rglob("*")
-                   if p.is_file() and p.suffix in _HASHED_SUFFIXES and p.name not in _IGNORED_NAMES
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    if not files:
-        raise FileNotFoundError(f"no checkpoint files below {root}")
-    h = hashlib.sha256()
-    for p in files:
-        h.update(f"{p.relative_to(root).as_posix()}\0{file_sha256(p)}\n".encode())
-    return h.hexdigest()
-
-
-def _hf_cached_commit(repo_id: str, revision: str | None) -> str | None:
-    """The snapshot commit of a hub pipeline already in the local HF cache (offline-safe)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    hit = try_to_load_from_cache(repo_id, "model_index.json", revision=revision)
-    if isinstance(hit, str):
-        return Path(hit).parent.name  # .../snapshots/<commit>/model_index.json
-    return None

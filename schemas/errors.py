@@ -43,3 +43,16 @@ class MissingImagesError(CirflowError):
 
 class StoreError(CirflowError):
     """The artifact store is inconsistent: a missing artifact, a bad shard."""
+
+
+class BackendUnavailable(CirflowError):
+    """A model backend cannot serve requests: server unreachable, 5xx/429/timeouts past the retries, a broken
+    proxy, or an auth/configuration error. Transient, so nothing computed against it may be committed or
+    cached: the stage fails with this one line, and a rerun with the backend back computes normally."""
+
+    exit_code = 4
+
+    def __init__(self, where: str, cause: str):
+        self.where = where
+        self.cause = " ".join(str(cause).split())  # one line, whatever the server or exception said
+        super().__init__(f"model backend {where} is unavailable: {self.cause}")

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class IndexConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["exact", "flat", "ivf", "hnsw"] = "exact"
-    nlist: int = 1024  # ivf: inverted lists (clipped to n/39 so training has enough points per centroid)
-    nprobe: int = 32  # ivf: lists visited per query
-    hnsw_m: int = 32  # hnsw: graph degree
-    ef_search: int = 128  # hnsw: search beam width
+    nlist: int = Field(1024, ge=1)  # ivf: inverted lists (clipped to n/39 so training has enough points per centroid)
+    nprobe: int = Field(32, ge=1)  # ivf: lists visited per query
+    hnsw_m: int = Field(32, ge=1)  # hnsw: graph degree
+    ef_search: int = Field(128, ge=1)  # hnsw: search beam width
     use_gpu: bool | Literal["auto"] = "auto"  # "auto": faiss-gpu when installed and a GPU is visible; True: require it
 
     @property

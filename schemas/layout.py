@@ -25,6 +25,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from cirflow.schemas.paths import ModelPath
+
 MAX_INSTANCES = 30  # GLIGEN's hard cap (max_objs) on grounded boxes per image
 
 _FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL)
@@ -34,7 +36,8 @@ Coordinate = Annotated[float, Field(ge=0.0, le=1.0)]
 class Instance(BaseModel):
     """One object of the imagined target image."""
 
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+    # populate_by_name: stored layouts are dumped by field name (from_reference), answers use the alias "from"
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, populate_by_name=True)
 
     label: str = Field(min_length=1, description="short name of this object, e.g. 'dog'")
     category: str = Field(min_length=1, description="object class, e.g. a COCO category such as 'dog'")
@@ -44,6 +47,13 @@ class Instance(BaseModel):
     reference: Literal["image", "text"] = Field(
         description="'image' if the object is the one shown in the reference image, 'text' if it only comes "
                     "from the modification text")
+    # IP-CIR's [## Size: 1-5 ##] and [## From: 0|1 ##] fields (metrics-and-methods B.1): how large the object
+    # appears, and whether it is in the reference image. Optional, as in the authors' parser (which needs only
+    # label, category, description, box and reference). `from` decides which instances the image-grounded
+    # GLIGEN draws with the reference's appearance (models.gligen.from_reference_image); `size` is recorded only.
+    size: int | None = Field(None, ge=1, le=5, description="how large the object appears: 1 (tiny) .. 5 (most of the image)")
+    from_reference: int | None = Field(None, ge=0, le=1, alias="from",
+                                       description="1 if the object is present in the reference image, 0 if it is new")
     # Written by enrich_layout: the box as the LLM planned it. Never asked of the LLM, hence not in the schema.
     obox: SkipJsonSchema[list[float] | None] = None
 
@@ -140,16 +150,25 @@ def load_layout(layout_json: str) -> Layout:
 class ProxyConfig(BaseModel):
     """Layout-to-image proxy generation (IP-CIR's MIGC stand-in: diffusers' GLIGEN pipelines).
 
-    pipeline "gligen_text_box": StableDiffusionGLIGENPipeline, every instance grounded by its description.
-    pipeline "gligen_text_image": StableDiffusionGLIGENTextImagePipeline; instances whose reference is
-    "image" are grounded by the description *and* a picture of the reference (`image_grounding`: the whole
-    reference image, or the reference cropped to the instance's box), the others by text only.
+    pipeline "gligen_by_source" (default, IP-CIR §3.2 / §4.1: MIGC + ELITE draws the instances that come from
+    the query image with that image's appearance): a layout with an instance from the reference image (`from`
+    = 1, or `reference` "image" when the answer has no From field: `models.gligen.from_reference_image`) is
+    drawn by the text-image pipeline (`image_model`), grounding those instances by their description *and* a
+    crop of the reference, the other instances by text only; a layout of text-only instances is drawn by the
+    text-box pipeline (`model`).
+    pipeline "gligen_text_box": StableDiffusionGLIGENPipeline only, every instance grounded by its description
+    (never sees the reference image).
+    pipeline "gligen_text_image": StableDiffusionGLIGENTextImagePipeline (from `model`) for every layout.
+    `image_grounding`: the reference cropped to the instance's planned box (default; the stand-in for the
+    authors' GroundingDINO + SAM crop of the object) or the whole reference image.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    pipeline: Literal["gligen_text_box", "gligen_text_image"] = "gligen_text_box"
-    model: str = "masterful/gligen-1-4-generation-text-box"  # HF id or local dir
+    pipeline: Literal["gligen_by_source", "gligen_text_box", "gligen_text_image"] = "gligen_by_source"
+    model: ModelPath = "masterful/gligen-1-4-generation-text-box"  # HF id or local dir
+    # gligen_by_source only: its text-image pipeline (gligen_text_image reads its checkpoint from `model`)
+    image_model: ModelPath = "anhnct/Gligen_Text_Image"
     revision: str | None = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "auto"  # "auto": cuda if available, else cpu
@@ -160,8 +179,10 @@ class ProxyConfig(BaseModel):
     num_proxies: int = Field(5, ge=1)  # N proxies per query (paper: 5; authors' script: 3)
     seed: int = 0
     negative_prompt: str | None = None
-    image_grounding: Literal["reference", "box_crop"] = "reference"
+    image_grounding: Literal["reference", "box_crop"] = "box_crop"
 
     def key_fields(self) -> dict:
-        """Everything that changes the images, not where they are computed (no device)."""
-        return self.model_dump(exclude={"device"})
+        """Everything that changes the images, not where they are computed (no device); a checkpoint the
+        pipeline never loads is left out."""
+        unused = {"gligen_text_box": {"image_model", "image_grounding"}, "gligen_text_image": {"image_model"}}
+        return self.model_dump(exclude={"device", *unused.get(self.pipeline, set())})

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cirflow.schemas.paths import ModelPath
 
 
 class SamplingParams(BaseModel):
@@ -26,8 +28,9 @@ class SamplingParams(BaseModel):
 class MLLMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["http", "transformers"]
-    model: str  # HF id or local dir (transformers); the served model name (http)
+    # "blip2": the in-process BLIP-2 captioner the baselines used (models/mllm/blip2_backend.py; captions only)
+    backend: Literal["http", "transformers", "blip2"]
+    model: ModelPath  # HF id or local dir (transformers); the served model name (http)
     revision: str | None = None  # recorded in stage keys
     # http: e.g. http://127.0.0.1:8000/v1. If None and server_command is given, the server is launched.
     base_url: str | None = None
@@ -44,14 +47,27 @@ class MLLMConfig(BaseModel):
     api_flavor: Literal["vllm", "openai"] = "vllm"
     concurrency: int = Field(16, ge=1)
     timeout_s: float = Field(120, gt=0)
+    # http: transient failures (connection errors, timeouts, 429, 5xx, 401/403/404, a 200 that is not a chat
+    # completion) are retried `retries` times, waiting backoff_s, 2*backoff_s, ... (capped at 30 s, times a
+    # jitter in [0.5, 1]); if they persist, generate() raises BackendUnavailable and nothing is committed.
     retries: int = Field(4, ge=0)
+    backoff_s: float = Field(0.5, ge=0)
     startup_timeout_s: float = Field(600, gt=0)
     # transformers backend only
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
     batch_size: int = Field(8, ge=1)
+    # blip2 backend only: beam width of greedy (temperature 0) requests; LAVIS's BLIP-2 generate uses 5
+    beams: int = Field(1, ge=1)
     # Images larger than this many pixels are downscaled (aspect kept) before sending/processing.
     max_image_pixels: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _http_needs_a_server(self) -> "MLLMConfig":
+        # checked here, not when the backend starts: that happens inside a flow, after earlier stages ran
+        if self.backend == "http" and not self.base_url and not self.server_command:
+            raise ValueError("the http backend needs base_url (a running server) or server_command (one to launch)")
+        return self
 
     def key_fields(self) -> dict:
         """What identifies the outputs, independent of where and how fast they are computed: no url, server
@@ -59,4 +75,8 @@ class MLLMConfig(BaseModel):
         out = {"model": self.model, "revision": self.revision, "dtype": self.dtype}
         if self.max_image_pixels is not None:
             out["max_image_pixels"] = self.max_image_pixels
+        if self.backend == "blip2":
+            # the captioner family and its decoding are part of what the captions are (other backends'
+            # keys stay as they were)
+            out |= {"backend": "blip2", "beams": self.beams}
         return out

@@ -10,16 +10,14 @@ target in at least `min_correct` of `votes` tries, each with another candidate o
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+
 
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from cirflow.schemas.loading import read_yaml, validate
-from cirflow.schemas.config import BenchmarkConfig, Strict
-from cirflow.schemas.encoder import EncoderConfig
-from cirflow.schemas.mllm import MLLMConfig, SamplingParams
+from cirflow.schemas.base import Strict
+from cirflow.schemas.mllm import SamplingParams
+from cirflow.schemas.paths import LocalPath, TemplatePath
 from cirflow.schemas.tables import STR_LIST
 
 # What an MLLM refusal starts with (CoLLM: "responses beginning with 'I apologize...'"), lower-cased.
@@ -34,8 +32,8 @@ class RefineOptions(Strict):
     levels: int = Field(3, ge=1, le=6)  # regenerated texts per failed triplet, coarse -> fine
     good_examples: int = Field(3, ge=0)  # passing original texts shown to the regenerator as [GOOD SAMPLES]
     seed: int = 0
-    validate_prompt: str | None = None  # template files; default cirflow/prompts/refine_*.<benchmark>.txt
-    regenerate_prompt: str | None = None
+    validate_prompt: TemplatePath | None = None  # template files; default cirflow/prompts/refine_*.<benchmark>.txt
+    regenerate_prompt: TemplatePath | None = None
     validate_sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=16))
     regenerate_sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(
         temperature=0.7, top_p=0.95, max_tokens=256))
@@ -43,49 +41,17 @@ class RefineOptions(Strict):
     shard_size: int = Field(64, ge=1)  # triplets per committed shard (one batched MLLM call each)
     # Where the refined benchmark (official layout), the report and decisions.parquet go; default
     # <output_dir>/<name>. Images are linked (symlinks to the original image folders) when local.
-    out_dir: str | None = None
+    out_dir: LocalPath | None = None
     link_images: bool = True
+    # validation: each candidate fitted into a cell x cell square of the one candidate strip (supp. 8.2 shows
+    # the candidates concatenated horizontally; the paper gives no size: 336 is CLIP-L/14-336's input)
+    candidate_cell: int = Field(336, ge=32, le=1024)
 
     @model_validator(mode="after")
     def _votes(self) -> "RefineOptions":
         if self.min_correct > self.votes:
             raise ValueError(f"min_correct={self.min_correct} exceeds votes={self.votes}")
         return self
-
-
-class RefineConfig(Strict):
-    """`method: refine` run config (one YAML file), registered in cirflow.flows.FLOWS as "refine"."""
-
-    name: str = "refine"
-    method: Literal["refine"] = "refine"
-    store: str = ".cirflow/store"
-    storage_options: dict = Field(default_factory=dict)
-    output_dir: str = ".cirflow/runs"
-    gpu_limit: str | None = None  # Prefect global concurrency limit gating model loads (cirflow.flows.gpu)
-    benchmark: BenchmarkConfig
-    mllm: MLLMConfig
-    encoder: EncoderConfig
-    refine: RefineOptions = Field(default_factory=RefineOptions)
-    embed_shard_size: int = 4096
-
-    @model_validator(mode="after")
-    def _benchmark(self) -> "RefineConfig":
-        if self.benchmark.name not in ("cirr", "fashioniq"):
-            raise ValueError(f"refinement supports cirr and fashioniq, not {self.benchmark.name}")
-        if self.benchmark.split not in (None, "val", "train"):
-            raise ValueError("refinement needs ground truth: split val (or train)")
-        return self
-
-    def out_dir(self) -> str:
-        return self.refine.out_dir or str(Path(self.output_dir) / self.name)
-
-
-def parse_refine_config(raw: dict, source: str = "<config>") -> RefineConfig:
-    return validate(RefineConfig, raw, source)
-
-
-def load_refine_config(path: str | Path) -> RefineConfig:
-    return parse_refine_config(read_yaml(path), str(path))
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -109,7 +75,7 @@ VOTES = pa.schema([
     pa.field("text", pa.string()),  # the modification text under test
     pa.field("order", STR_LIST),  # candidate image ids as shown (position 1 first)
     pa.field("target_position", pa.int32()),  # 1-based
-    pa.field("choice", pa.int32()),  # 1-based answer; null unless status == "ok"
+    pa.field("choice", pa.int32()),  # 1-based answer, -1 = none of them (CoLLM table 24); null unless status == "ok"
     pa.field("correct", pa.bool_(), nullable=False),
     pa.field("status", pa.string(), nullable=False),  # "ok" | "refused" | "unparsable" | "failed"
     pa.field("error", pa.string()),

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 from pydantic import BaseModel
 
+from cirflow.storage.manifest import STORE_FORMAT
+
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 STAGE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -43,7 +45,8 @@ def stage_key(stage: str, version: str, params: Any, inputs: Mapping[str, str]) 
     for name, key in inputs.items():
         if not KEY_RE.match(key):
             raise ValueError(f"input {name!r} has an invalid artifact key {key!r}")
-    doc = {"stage": stage, "version": version, "params": params, "inputs": dict(inputs)}
+    # the store format is keyed so that a format change never reuses an artifact written by the old one
+    doc = {"stage": stage, "version": version, "params": params, "inputs": dict(inputs), "store_format": STORE_FORMAT}
     return hashlib.sha256(canonical_json(doc).encode()).hexdigest()
 
 

@@ -5,6 +5,8 @@ Written last, after every shard is committed, so a folder without `_manifest.jso
 
 from __future__ import annotations
 
+import hashlib
+
 import platform
 from datetime import datetime, timezone
 from importlib import metadata
@@ -14,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST = "_manifest.json"
 COMMITS = "_commits"
+LEASES = "_leases"
+# Version of the on-disk layout and of how keys are computed. A manifest without the field was written by
+# format 1. Bumping it changes every stage key (it is part of the key), so old artifacts are never mistaken
+# for current ones; `cirflow store verify` names them. 2: leases, writer-unique temporaries, format in the key.
+STORE_FORMAT = 2
 
 # Libraries whose versions can change an artifact's content; recorded, not keyed.
 TRACKED_LIBRARIES = (
@@ -47,6 +54,7 @@ class FileRecord(BaseModel):
 
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    store_format: int = 1  # absent in format-1 manifests; StageRun writes STORE_FORMAT
     stage: str
     key: str
     version: str
@@ -61,6 +69,19 @@ class Manifest(BaseModel):
     libraries: dict[str, str] = Field(default_factory=dict)
     host: dict[str, str] = Field(default_factory=dict)
     created_at: str = ""
+    # content digest of each input artifact as this one read it (`content_digest`): an input rewritten under the
+    # same key (`--retry-failed` recomputing its failed rows) no longer matches, and this artifact is recomputed
+    input_content: dict[str, str] = Field(default_factory=dict)
+
+    def content_digest(self) -> str:
+        """What the artifact holds, as one sha256: every shard's and file's checksum (generated images are
+        covered through the index tables that carry their sha256)."""
+        h = hashlib.sha256()
+        for rec in sorted(self.shards, key=lambda r: (r.table, r.name)):
+            h.update(f"s\0{rec.table}\0{rec.name}\0{rec.sha256}\n".encode())
+        for rec in sorted(self.files, key=lambda r: r.name):
+            h.update(f"f\0{rec.name}\0{rec.sha256}\n".encode())
+        return h.hexdigest()
 
     def rows(self, table: str = "data") -> int:
         return sum(s.rows for s in self.shards if s.table == table)

@@ -1,16 +1,24 @@
 """The artifact store: `<root>/<stage>/<key>/` folders of Parquet shards, files and a manifest, on any fsspec root.
 
 Reads verify each shard's sha256 against the manifest before parsing it, so a truncated or altered shard is
-never read: it raises, and `cirflow store verify` names it.
+never read: it raises, and `cirflow store verify` names it. A mismatch is re-read once against the record as it
+is on disk now, so a reader never mistakes another writer's completed commit for corruption.
+
+Writes are atomic per file: local files go to a temporary name unique to the writer and are renamed; an object
+store PUT is atomic already. Exclusive creation (leases) uses a hard link on local disks and fsspec's
+`pipe_file(mode="create")`, which s3fs sends as a conditional PUT (`If-None-Match: *`); other fsspec backends
+fall back to check-then-write (see storage/lease.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import os
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Iterator
 
 import fsspec
@@ -19,8 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cirflow.schemas.errors import StoreError
+from cirflow.storage import index
 from cirflow.storage.keys import KEY_RE, STAGE_RE
-from cirflow.storage.manifest import MANIFEST, Manifest
+from cirflow.storage.manifest import COMMITS, MANIFEST, Manifest, ShardRecord
+from cirflow.storage.writers import temp_name
 
 SAFE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.@=+")
 
@@ -46,9 +56,15 @@ class Problem:
     key: str
     name: str
     reason: str
+    kind: str = "bad"  # bad | unfinished | old-format: the word `cirflow store verify` starts the line with
 
     def __str__(self) -> str:
         return f"{self.stage}/{self.key[:12]}/{self.name}: {self.reason}"
+
+
+def describe_error(e: BaseException) -> str:
+    """One line for an unreadable file (PermissionError, a directory where a file should be, ...)."""
+    return f"unreadable ({type(e).__name__}: {getattr(e, 'strerror', None) or e})"
 
 
 class ArtifactStore:
@@ -74,39 +90,161 @@ class ArtifactStore:
         with self.fs.open(path, "rb") as f:
             return f.read()
 
+    @property
+    def local(self) -> bool:
+        return "file" in _protocols(self.fs)
+
     def write_atomic(self, path: str, data: bytes) -> None:
-        """Temporary name then rename: a reader never sees half a file (on object stores a put is atomic already)."""
+        """Temporary name of this writer, then rename: a reader never sees half a file, and two writers never
+        write into each other's temporary file (on object stores a PUT is atomic already)."""
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{np.random.default_rng().integers(1 << 62):x}"
+        if not self.local:
+            self.fs.pipe_file(path, data)
+            return
+        tmp = temp_name(path)
         with self.fs.open(tmp, "wb") as f:
             f.write(data)
-        self.fs.mv(tmp, path)
+        try:
+            self.fs.mv(tmp, path)
+        except BaseException:
+            self.discard(tmp)
+            raise
+
+    def create_exclusive(self, path: str, data: bytes) -> bool:
+        """Write `path` only if it does not exist; False when it does. Atomic on local disks (a complete
+        temporary file hard-linked to the final name) and on s3fs (conditional PUT)."""
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        if not self.local:
+            try:
+                self.fs.pipe_file(path, data, mode="create")
+                return True
+            except FileExistsError:
+                return False
+        tmp = temp_name(path)
+        with self.fs.open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(self.fs._strip_protocol(tmp), self.fs._strip_protocol(path))
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            self.discard(tmp)
+
+    def discard(self, path: str, recursive: bool = False) -> None:
+        """Remove if present: another writer may have removed it first."""
+        try:
+            self.fs.rm(path, recursive=recursive)
+        except FileNotFoundError:
+            pass
+
+    def mtime(self, path: str) -> float | None:
+        try:
+            info = self.fs.info(path)
+        except (FileNotFoundError, OSError):
+            return None
+        value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+        if isinstance(value, datetime):
+            return value.timestamp()
+        return float(value) if isinstance(value, (int, float)) else None
+
+    # the store itself ---------------------------------------------------------------------------
+    def check_root(self) -> None:
+        """A StoreError unless the root is a folder that is (or can be) a store: missing, a file, or a folder
+        of other things are refused, so `ls`/`verify` never report "ok" for a typo."""
+        if not self.fs.exists(self.root):
+            raise StoreError(f"store root {self.url} does not exist")
+        if not self.fs.isdir(self.root):
+            raise StoreError(f"store root {self.url} is a file, not a store folder")
+        entries = [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False)]
+        if entries and not any(STAGE_RE.match(e) for e in entries):
+            raise StoreError(f"{self.url} is not an artifact store (no <stage>/<key>/ folders in it)")
+
+    def artifact_dirs(self) -> list[tuple[str, str]]:
+        """(stage, key) of every artifact folder, finished or not."""
+        out = []
+        if not self.fs.isdir(self.root):
+            return out
+        for stage_dir in sorted(self.fs.ls(self.root, detail=False)):
+            stage = posixpath.basename(stage_dir.rstrip("/"))
+            if not STAGE_RE.match(stage) or not self.fs.isdir(stage_dir):
+                continue
+            for key_dir in sorted(self.fs.ls(stage_dir, detail=False)):
+                key = posixpath.basename(key_dir.rstrip("/"))
+                if KEY_RE.match(key):
+                    out.append((stage, key))
+        return out
+
+    def load_manifest(self, stage: str, key: str) -> tuple[Manifest | None, str | None]:
+        """(manifest, None) when readable and valid; (None, why) when present but unreadable or garbage;
+        (None, None) when absent. Never raises for a bad file: callers treat it as unfinished."""
+        path = self.path(stage, key, MANIFEST)
+        try:
+            data = self.read_bytes(path)
+        except FileNotFoundError:
+            return None, None
+        except (OSError, ValueError) as e:
+            return None, describe_error(e)
+        try:
+            m = Manifest.model_validate_json(data)
+        except ValueError as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            return None, f"garbage manifest ({first})"
+        if (m.stage, m.key) != (stage, key):
+            return None, f"manifest names {m.stage}/{m.key[:12]}, not the folder it is in"
+        return m, None
+
+    def read_commit(self, stage: str, key: str, name: str) -> ShardRecord | None:
+        """The commit record of shard `name` as it is on disk now; None when absent, unreadable or garbage."""
+        try:
+            rec = ShardRecord.model_validate_json(self.read_bytes(self.path(stage, key, f"{COMMITS}/{name}.json")))
+        except (OSError, ValueError):
+            return None
+        return rec if rec.name == name else None
 
     # artifacts ---------------------------------------------------------------------------------
     def has(self, stage: str, key: str) -> bool:
         return self.fs.exists(self.path(stage, key, MANIFEST))
 
     def open(self, stage: str, key: str) -> "Artifact":
-        path = self.path(stage, key, MANIFEST)
-        if not self.fs.exists(path):
-            raise StoreError(f"no artifact {stage}/{key} in {self.url}")
-        return Artifact(self, Manifest.model_validate_json(self.read_bytes(path)))
+        m, why = self.load_manifest(stage, key)
+        if m is None:
+            raise StoreError(f"{stage}/{key[:12]}: {why}; run `cirflow store verify`" if why
+                             else f"no artifact {stage}/{key} in {self.url}")
+        return Artifact(self, m)
 
-    def manifests(self) -> Iterator[Manifest]:
-        if not self.fs.exists(self.root):
-            return
-        for stage_dir in sorted(self.fs.ls(self.root, detail=False)):
-            stage = posixpath.basename(stage_dir.rstrip("/"))
-            if not STAGE_RE.match(stage):
-                continue
-            for key_dir in sorted(self.fs.ls(stage_dir, detail=False)):
-                key = posixpath.basename(key_dir.rstrip("/"))
-                if KEY_RE.match(key) and self.fs.exists(posixpath.join(key_dir, MANIFEST)):
-                    yield Manifest.model_validate_json(self.read_bytes(posixpath.join(key_dir, MANIFEST)))
+    def manifests(self, indexed: bool = False) -> Iterator[Manifest]:
+        """Every readable, valid manifest; bad ones are skipped here and named by `verify`. `indexed`: take the
+        (stage, key) list from the key index when it is complete (one listing of `_index/` instead of one per
+        stage folder; see storage/index.py); a full scan otherwise, and for gc/verify, which must see all."""
+        addresses = index.entries(self) if indexed and index.is_complete(self) else self.artifact_dirs()
+        for stage, key in addresses:
+            m, _ = self.load_manifest(stage, key)
+            if m is not None:
+                yield m
+
+    def commit_manifest(self, stage: str, key: str, data: bytes) -> None:
+        """Write an artifact's manifest (the write that makes it exist), then its key-index marker."""
+        self.write_atomic(self.path(stage, key, MANIFEST), data)
+        index.add(self, stage, key)
 
     def find(self, key_prefix: str) -> "Artifact":
-        """Resolve a (prefix of a) key as users type it; keys are unique across stages."""
-        hits = [m for m in self.manifests() if m.key.startswith(key_prefix.lower())]
+        """Resolve a (prefix of a) key as users type it; keys are unique across stages. O(1) requests through
+        the key index (storage/index.py); stores written before it are scanned once, then indexed."""
+        key_prefix = key_prefix.lower()
+        if index.is_complete(self):
+            hits = [m for stage, key in index.lookup(self, key_prefix)
+                    if (m := self.load_manifest(stage, key)[0]) is not None]
+        else:
+            index.log.warning("%s has no complete key index (written before it): scanning every manifest, "
+                              "then indexing them", self.url)
+            every = list(self.manifests())
+            hits = [m for m in every if m.key.startswith(key_prefix)]
+            try:
+                if every:  # never create folders under a root that holds no store (a typo)
+                    index.rebuild(self, every)
+            except OSError as e:  # a read-only store still answers, it just stays unindexed
+                index.log.warning("could not index %s: %s", self.url, describe_error(e))
         if not hits:
             raise StoreError(f"no artifact with key {key_prefix!r} in {self.url}")
         if len(hits) > 1:
@@ -114,11 +252,11 @@ class ArtifactStore:
         return Artifact(self, hits[0])
 
     def verify(self, key_prefix: str | None = None) -> list[Problem]:
-        targets = [self.find(key_prefix).manifest] if key_prefix else list(self.manifests())
-        problems: list[Problem] = []
-        for m in targets:
-            problems += Artifact(self, m).problems()
-        return problems
+        """Every problem of every artifact folder (or those whose key starts with `key_prefix`); see
+        storage/verify.py for what is checked."""
+        from cirflow.storage.verify import verify_store
+
+        return verify_store(self, key_prefix)
 
 
 class Artifact:
@@ -134,22 +272,38 @@ class Artifact:
     def __repr__(self) -> str:
         return f"Artifact({self.stage}/{self.key[:12]})"
 
-    def _checked_bytes(self, name: str, sha256: str, size: int) -> bytes:
+    def _checked_bytes(self, name: str, sha256: str, size: int, retry: bool = True) -> bytes:
         path = self.store.path(self.stage, self.key, name)
+        where = f"{self.stage}/{self.key[:12]}/{name}"
         try:
             data = self.store.read_bytes(path)
         except FileNotFoundError:
-            raise StoreError(f"{self.stage}/{self.key[:12]}/{name}: missing (run `cirflow store verify`)") from None
-        if len(data) != size or sha256_bytes(data) != sha256:
-            raise StoreError(f"{self.stage}/{self.key[:12]}/{name}: checksum mismatch, shard is corrupt; "
-                             "rerun the stage to recompute it")
-        return data
+            data = None
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{where}: {describe_error(e)}") from None
+        if data is not None and len(data) == size and sha256_bytes(data) == sha256:
+            return data
+        if retry:
+            # Another writer may have committed this name since our record was read: check against the record
+            # as it is on disk now before calling the file corrupt.
+            fresh = self._fresh_record(name)
+            if fresh is not None and (fresh.sha256, fresh.bytes) != (sha256, size):
+                return self._checked_bytes(name, fresh.sha256, fresh.bytes, retry=False)
+        if data is None:
+            raise StoreError(f"{where}: missing (run `cirflow store verify`)")
+        raise StoreError(f"{where}: checksum mismatch, shard is corrupt; rerun the stage to recompute it")
+
+    def _fresh_record(self, name: str):
+        m, _ = self.store.load_manifest(self.stage, self.key)
+        rec = next((r for r in [*m.shards, *m.files] if r.name == name), None) if m is not None else None
+        return rec or self.store.read_commit(self.stage, self.key, name)
 
     def read(self, table: str = "data", columns: list[str] | None = None) -> pa.Table:
         shards = [s for s in self.manifest.shards if s.table == table]
         if not shards and table not in self.manifest.schemas:
             raise StoreError(f"{self!r} has no table {table!r} (tables: {self.manifest.tables()})")
-        parts = [pq.read_table(io.BytesIO(self._checked_bytes(s.name, s.sha256, s.bytes)), columns=columns)
+        # pa.BufferReader reads the bytes in place; io.BytesIO went through a Python file object (slower)
+        parts = [pq.read_table(pa.BufferReader(self._checked_bytes(s.name, s.sha256, s.bytes)), columns=columns)
                  for s in shards]
         if not parts:
             schema = pa.schema([])
@@ -176,13 +330,36 @@ class Artifact:
         return json.loads(self.read_file(name))
 
     def embeddings(self, table: str = "data") -> tuple[list[str], np.ndarray]:
-        t = self.read(table)
-        ids = t.column("id").to_pylist()
-        col = t.column("embedding").combine_chunks()
-        dim = col.type.list_size
-        emb = col.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
-        # Arrow buffers are read-only; callers (torch, in-place normalisation) expect a writable array
-        return ids, emb if emb.flags.writeable else emb.copy()
+        """(ids, float32 [n, dim] writable array). Reads the current layout (fixed_size_binary(4*dim), raw
+        little-endian float32) and the older fixed_size_list<float32>[dim], shard by shard, so an artifact
+        resumed across the change (old shards + new ones) reads too."""
+        shards = [s for s in self.manifest.shards if s.table == table]
+        if not shards:
+            self.read(table)  # raises when there is no such table
+            return [], np.zeros((0, 0), np.float32)
+        def load(s: ShardRecord) -> pa.Table:
+            data = self._checked_bytes(s.name, s.sha256, s.bytes)
+            return pq.read_table(pa.BufferReader(data), columns=["id", "embedding"])
+
+        # sha256 and Parquet decoding release the GIL: shards are checked and parsed on every core (the check is
+        # about half the read time of a 250 MB gallery, bench/embeddings_read.py)
+        with ThreadPoolExecutor(max(1, min(len(shards), os.cpu_count() or 1))) as pool:
+            tables = list(pool.map(load, shards))
+        ids, blocks = [], []
+        for t in tables:
+            ids += t.column("id").to_pylist()
+            for chunk in t.column("embedding").chunks:
+                if pa.types.is_fixed_size_binary(chunk.type):
+                    w = chunk.type.byte_width
+                    blocks.append(np.frombuffer(chunk.buffers()[1], "<f4", len(chunk) * w // 4, chunk.offset * w)
+                                  .reshape(-1, w // 4))
+                else:
+                    dim = chunk.type.list_size
+                    blocks.append(chunk.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim))
+        # one copy into a fresh array: Arrow buffers are read-only, and callers (torch, in-place normalisation)
+        # expect a writable float32 array
+        emb = np.concatenate(blocks) if len(blocks) > 1 else blocks[0].copy()
+        return ids, emb.astype(np.float32, copy=False)
 
     def problems(self) -> list[Problem]:
         out = []
@@ -190,5 +367,10 @@ class Artifact:
             try:
                 self._checked_bytes(rec.name, rec.sha256, rec.bytes)
             except StoreError as e:
-                out.append(Problem(self.stage, self.key, rec.name, str(e).rsplit(": ", 1)[-1]))
+                out.append(Problem(self.stage, self.key, rec.name, str(e).split(f"{rec.name}: ", 1)[-1]))
         return out
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    p = fs.protocol
+    return (p,) if isinstance(p, str) else tuple(p)

@@ -5,10 +5,14 @@ them to the store (the same atomic shard protocol as a local run), then once mor
 shard is already committed and only the manifest is written. No scheduler of our own: Prefect submits the
 partitions to its task runner (prefect_ray.RayTaskRunner places them on the cluster), the store's commit
 records make any partition retryable, and a failed partition leaves committed shards for the rerun.
+
+Which keyword arguments are model handles comes from the stage's declaration (`Stage.models`): those stay in
+the driver process, and each partition loads its own model on its worker.
 """
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -17,8 +21,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 _WORLD: ContextVar[int] = ContextVar("cirflow_world", default=1)
-# model handles belong to the driver process; each partition loads its own model on its worker
-_HANDLES = ("mllm", "encoder", "pipeline")
 
 
 @contextmanager
@@ -33,23 +35,26 @@ def partitions(world: int):
 
 @task(name="stage_partition", cache_policy=NO_CACHE, persist_result=False)
 def run_partition(fn, rank: int, world: int, args: tuple, kwargs: dict) -> dict:
-    with shard_partition(rank, world):
-        fn(*args, **kwargs)
+    if "rank" in inspect.signature(fn).parameters:  # declared stages take rank and world as arguments
+        fn(*args, **kwargs, rank=rank, world=world)
+    else:
+        with shard_partition(rank, world):
+            fn(*args, **kwargs)
     return {"rank": rank}
 
 
 class Sharded:
     """A stage's Prefect task that fans out over partitions when the flow runs with several workers."""
 
-    def __init__(self, fn, prefect_task):
-        self.fn, self.task = fn, prefect_task
+    def __init__(self, fn, prefect_task, slots: tuple[str, ...]):
+        self.fn, self.task, self.slots = fn, prefect_task, tuple(slots)
         self.__name__ = getattr(fn, "__name__", "stage")
 
     def __call__(self, *args, **kwargs):
         world = _WORLD.get()
         if world <= 1:
             return self.task(*args, **kwargs)
-        plain = {k: (None if k in _HANDLES else v) for k, v in kwargs.items()} | {"progress": False}
+        plain = {k: (None if k in self.slots else v) for k, v in kwargs.items()} | {"progress": False}
         futures = [run_partition.submit(self.fn, rank, world, args, plain) for rank in range(world)]
         for f in futures:
             f.result()  # raises the first partition failure; committed shards stay for the rerun

@@ -10,6 +10,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 # one intra-op thread, here and in every subprocess a test starts (kill -9 / resume tests compare a subprocess's
 # output with an in-process run: float results must not depend on who had how many threads)
 os.environ["OMP_NUM_THREADS"] = "1"
@@ -23,13 +24,25 @@ def pytest_configure(config):
 
     torch.set_num_threads(1)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+# The full upstream annotation files live in ../shared (CI has it); CIRFLOW_SHARED points elsewhere, e.g.
+# CIRFLOW_SHARED=/nonexistent to run the suite as on a fresh clone.
+SHARED = Path(os.environ.get("CIRFLOW_SHARED") or Path(__file__).resolve().parents[2] / "shared") / "benchmarks"
+# First records of the same files, committed (tests/data/README.md): what a fresh clone tests with.
+SLICES = Path(__file__).resolve().parent / "data" / "benchmarks"
 
 
 @pytest.fixture(scope="session")
 def shared_benchmarks() -> Path:
+    """Real annotation files in the official layout: the full files when ../shared has them, else the slices.
+    Tests here only take their first few records, so both give the same records."""
+    return SHARED if SHARED.is_dir() else SLICES
+
+
+@pytest.fixture(scope="session")
+def full_benchmarks() -> Path:
+    """The full upstream files, for exactness tests (counts, published numbers); skipped without ../shared."""
     if not SHARED.is_dir():
-        pytest.fail(f"the real annotation files are expected at {SHARED}")
+        pytest.skip(f"full benchmark files not present at {SHARED}")
     return SHARED
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 from PIL import Image
 
@@ -13,9 +12,7 @@ from cirflow.tasks.benchmarks.placeholders import placeholder_color, placeholder
 
 
 def test_mini_benchmark_loads_with_image_check(tmp_path):
-    start = time.perf_counter()
     roots = build_mini_benchmark(tmp_path)
-    assert time.perf_counter() - start < 3.0
     cirr = load_benchmark("cirr", roots["cirr"])
     assert cirr.queries.num_rows == CIRR_GROUPS * CIRR_QUERIES_PER_GROUP and cirr.images.num_rows == 6 * CIRR_GROUPS
     for row in cirr.queries.to_pylist():

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from cirflow.schemas.builds import PairingConfig
-from cirflow.tasks.pair_images import build_groups
+from cirflow.tasks.builds.pair_groups import build_groups
 
 CLASSES = {"animals": 10, "vehicles": 9, "food": 8}
 
@@ -148,7 +148,7 @@ def test_groups_follow_band_and_spacing():
     emb[100:] = emb[:100] + 0.3 * rng.normal(size=(100, 16))  # near pairs, so some similarities are high
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     ids = [f"im{i:03d}" for i in range(200)]
-    cfg = PairingConfig(min_similarity=0.1, max_similarity=0.95, spacing=0.03, neighbours=64)
+    cfg = PairingConfig(min_similarity=0.1, max_similarity=0.95, spacing=0.03, neighbours=64, exclusive=True)
     groups = build_groups(ids, emb, cfg)
     assert groups, "no group formed"
     row = {i: n for n, i in enumerate(ids)}

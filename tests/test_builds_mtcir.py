@@ -15,7 +15,8 @@ from cirflow.schemas.builds import CaptionConfig, CollectionSource, MTCIRTextCon
 from cirflow.schemas.encoder import EncoderConfig
 from cirflow.schemas.mllm import MLLMConfig, SamplingParams
 from cirflow.storage import ArtifactStore
-from cirflow.tasks import build_texts, collection, embed, mtcir_texts, pair_images
+from cirflow.tasks.runs import embed_images
+from cirflow.tasks.builds import caption_collection, ingest_collection, mtcir_texts, pair_groups
 
 _spec = importlib.util.spec_from_file_location("builds_common", Path(__file__).with_name("test_builds_common.py"))
 bc = importlib.util.module_from_spec(_spec)
@@ -29,13 +30,13 @@ def test_tiny_models_malformed_json_is_accounted(tmp_path, tiny_models):
     lst = tmp_path / "few.txt"
     lst.write_text("\n".join(str(p) for p in sorted(root.rglob("food_0*.*"))[:7]))
     store = ArtifactStore(str(tmp_path / "store"))
-    coll = collection.run(store, CollectionSource(kind="list", uri=str(lst)), progress=False)
+    coll = ingest_collection.run(store, CollectionSource(kind="list", uri=str(lst)), progress=False)
     enc = EncoderConfig(model=f"local-dir:{tiny_models['encoder']}", device="cpu", num_workers=0)
-    emb = embed.embed_images(store, coll, enc, progress=False)
-    pairs = pair_images.pair_groups(store, coll, emb, PairingConfig(group_size=3, **WIDE))
+    emb = embed_images.embed_images(store, coll, enc, progress=False)
+    pairs = pair_groups.pair_groups(store, coll, emb, PairingConfig(group_size=3, exclusive=True, **WIDE))
     assert pairs.manifest.stats["groups"] == 2 and pairs.manifest.stats["pairs"] == 6
     mllm = MLLMConfig(backend="transformers", model=str(tiny_models["mllm"]), device="cpu")
-    caps = build_texts.run(store, coll, mllm, CaptionConfig(sampling=SamplingParams(max_tokens=6)), build="mtcir",
+    caps = caption_collection.run(store, coll, mllm, CaptionConfig(sampling=SamplingParams(max_tokens=6)), build="mtcir",
                            cache_root=str(tmp_path / "cache"), progress=False)
     assert caps.manifest.stats["ok"] == 7
     texts = mtcir_texts.run(store, pairs, caps, mllm, MTCIRTextConfig(sampling=SamplingParams(max_tokens=8)),
@@ -57,7 +58,7 @@ def test_flow_end_to_end(tmp_path, tiny_models, prefect_server):
             "collection": {"kind": "folder", "uri": str(root)},
             "mllm": {"backend": "http", "model": "m", "base_url": srv.url, "api_flavor": "openai"},
             "encoder": {"model": f"local-dir:{tiny_models['encoder']}", "device": "cpu", "num_workers": 0},
-            "pairing": WIDE, "captions": {"shard_size": 8}, "texts": {"shard_size": 8},
+            "pairing": WIDE | {"exclusive": True}, "captions": {"shard_size": 8}, "texts": {"shard_size": 8},
             "release": {"out_dir": str(tmp_path / "release"), "name": "mtcir-test", "license": "cc-by-4.0"},
         }
         out = build_mtcir(config, progress=False)

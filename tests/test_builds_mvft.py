@@ -36,7 +36,7 @@ def test_flow_tables_release_and_growth(tmp_path, prefect_server):
         assert srv.counts == {"modification": 28, "target": 28, "caption": 28}
         trip = datasets.load_dataset("parquet", data_files={"train": str(tmp_path / "rel/data/triplets.parquet")})["train"]
         caps = datasets.load_dataset("parquet", data_files={"train": str(tmp_path / "rel/data/captions.parquet")})["train"]
-        assert trip.num_rows == caps.num_rows == 28 and set(trip.column_names) == {"reference_id", "reference_path", "modification", "target_text"}
+        assert trip.num_rows == caps.num_rows == 28 and set(trip.column_names) == {"reference_id", "reference_path", "reference_image", "modification", "target_text"}
 
         bc.add_images(root, 2)
         grown = build_mvft(config, progress=False)

@@ -17,7 +17,7 @@ import pytest
 from cirflow.schemas.builds import CollectionSource, MVFTTextConfig
 from cirflow.schemas.mllm import MLLMConfig
 from cirflow.storage import ArtifactStore
-from cirflow.tasks import collection, mvft_texts
+from cirflow.tasks.builds import ingest_collection, mvft_texts
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +30,10 @@ SCRIPT = textwrap.dedent("""
     from cirflow.schemas.builds import CollectionSource, MVFTTextConfig
     from cirflow.schemas.mllm import MLLMConfig
     from cirflow.storage import ArtifactStore
-    from cirflow.tasks import collection, mvft_texts
+    from cirflow.tasks.builds import ingest_collection, mvft_texts
     store_root, root, url, cache = sys.argv[1:5]
     store = ArtifactStore(store_root)
-    coll = collection.run(store, CollectionSource(kind="folder", uri=root), progress=False)
+    coll = ingest_collection.run(store, CollectionSource(kind="folder", uri=root), progress=False)
     mvft_texts.run(store, coll, MLLMConfig(backend="http", model="m", base_url=url, api_flavor="openai"),
                    MVFTTextConfig(shard_size=2), cache_root=cache, progress=False)
 """)
@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent("""
 
 def _build(store_root, root, url, cache):
     store = ArtifactStore(str(store_root))
-    coll = collection.run(store, CollectionSource(kind="folder", uri=str(root)), progress=False)
+    coll = ingest_collection.run(store, CollectionSource(kind="folder", uri=str(root)), progress=False)
     return mvft_texts.run(store, coll, MLLMConfig(backend="http", model="m", base_url=url, api_flavor="openai"),
                           MVFTTextConfig(shard_size=2), cache_root=str(cache), progress=False)
 

@@ -12,7 +12,7 @@ from cirflow.prompts import load_template
 from cirflow.schemas.errors import ConfigError
 from cirflow.schemas.mllm import MLLMConfig, SamplingParams
 from cirflow.storage import ArtifactStore, item_seed
-from cirflow.tasks import caption_images, ingest
+from cirflow.tasks.runs import caption_images, ingest
 from cirflow.tasks.benchmarks.placeholders import make_slice
 from cirflow.tasks.lazy import Lazy
 

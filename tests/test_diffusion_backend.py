@@ -42,7 +42,7 @@ def inputs() -> list[Image.Image]:
 def _cfg(name: str, model, **kw) -> DiffusionConfig:
     extra = {"strength": 0.5} if name == "sdxl_turbo_img2img" else {"image_guidance_scale": 1.5}
     return DiffusionConfig(**({"pipeline": name, "model": str(model), "resolution": 64, "num_inference_steps": 2,
-                               "device": "cpu"} | extra | kw))
+                               "device": "cpu", "conditioning": "modification"} | extra | kw))
 
 
 def _arr(im: Image.Image) -> np.ndarray:

@@ -9,8 +9,8 @@ from PIL import Image
 from cirflow.schemas.builds import CollectionSource
 from cirflow.schemas.encoder import EncoderConfig
 from cirflow.storage import ArtifactStore
-from cirflow.tasks import collection
-from cirflow.tasks.embed import embed_images
+from cirflow.tasks.builds import ingest_collection
+from cirflow.tasks.runs.embed_images import embed_images
 
 
 def _image(path, colour):
@@ -25,12 +25,12 @@ def test_grown_collection_embeds_only_new_images(tmp_path, tiny_models):
     store = ArtifactStore(str(tmp_path / "store"))
     cfg = EncoderConfig(model=f"local-dir:{tiny_models['encoder']}", device="cpu", num_workers=0)
     source = CollectionSource(kind="folder", uri=str(root))
-    first = embed_images(store, collection.run(store, source, progress=False), cfg, progress=False)
+    first = embed_images(store, ingest_collection.run(store, source, progress=False), cfg, progress=False)
     assert first.manifest.stats["reused_this_run"] == 0
 
     _image(root / "b" / "new1.png", (250, 250, 0))
     _image(root / "b" / "new2.png", (0, 250, 250))
-    grown = collection.run(store, source, progress=False)
+    grown = ingest_collection.run(store, source, progress=False)
     second = embed_images(store, grown, cfg, progress=False)
     assert second.key != first.key and second.report.status == "computed"
     assert second.manifest.stats["reused_this_run"] == 6 and second.manifest.stats["images"] == 8
@@ -41,7 +41,7 @@ def test_grown_collection_embeds_only_new_images(tmp_path, tiny_models):
     assert all(np.array_equal(old[i], v) for i, v in zip(ids1, e1))  # copied, not recomputed
 
     fresh = embed_images(ArtifactStore(str(tmp_path / "fresh")),
-                         collection.run(ArtifactStore(str(tmp_path / "fresh")), source, progress=False), cfg,
+                         ingest_collection.run(ArtifactStore(str(tmp_path / "fresh")), source, progress=False), cfg,
                          reuse=False, progress=False)
     ids3, e3 = fresh.embeddings()
     assert ids3 == ids2

@@ -4,6 +4,7 @@ through our RANKINGS -> submission files -> metrics path; plus hand-computed toy
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,11 @@ from cirflow.evaluation.cirr import cirr_metrics
 from cirflow.evaluation.submission import read_submission, rankings_to_submission, write_submission
 from cirflow.schemas.tables import QUERIES, RANKINGS
 
-CIRR = Path("/work/shared/benchmarks/cirr")
+# the full upstream files (exactness against the reference implementations): ../shared beside the clone, or
+# $CIRFLOW_SHARED; a fresh clone without them skips this file (tests/data/benchmarks has slices for the rest)
+_BENCHMARKS = Path(os.environ.get("CIRFLOW_SHARED") or Path(__file__).resolve().parents[2] / "shared") / "benchmarks"
+CIRR = _BENCHMARKS / "cirr"
+pytestmark = pytest.mark.skipif(not _BENCHMARKS.is_dir(), reason="full benchmark files absent")
 
 
 def cirr_queries(caps: list[dict]) -> pa.Table:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,11 @@ import pytest
 from cirflow.cli.evaluate import register
 from cirflow.evaluation.submission import InvalidSubmissionError, write_submission
 
-BENCH = Path("/work/shared/benchmarks")
+# the full upstream files (exactness against the reference implementations): ../shared beside the clone, or
+# $CIRFLOW_SHARED; a fresh clone without them skips this file (tests/data/benchmarks has slices for the rest)
+_BENCHMARKS = Path(os.environ.get("CIRFLOW_SHARED") or Path(__file__).resolve().parents[2] / "shared") / "benchmarks"
+BENCH = _BENCHMARKS
+pytestmark = pytest.mark.skipif(not _BENCHMARKS.is_dir(), reason="full benchmark files absent")
 
 
 def run_cli(argv: list[str]) -> int:

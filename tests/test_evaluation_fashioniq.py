@@ -4,6 +4,7 @@ on the real val files, and the category average as SEARLE's main computes it."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,11 @@ from cirflow.evaluation.fashioniq import CATEGORIES, fashioniq_metrics
 from cirflow.evaluation.submission import rankings_to_submission
 from cirflow.schemas.tables import QUERIES, RANKINGS
 
-FIQ = Path("/work/shared/benchmarks/fashioniq")
+# the full upstream files (exactness against the reference implementations): ../shared beside the clone, or
+# $CIRFLOW_SHARED; a fresh clone without them skips this file (tests/data/benchmarks has slices for the rest)
+_BENCHMARKS = Path(os.environ.get("CIRFLOW_SHARED") or Path(__file__).resolve().parents[2] / "shared") / "benchmarks"
+FIQ = _BENCHMARKS / "fashioniq"
+pytestmark = pytest.mark.skipif(not _BENCHMARKS.is_dir(), reason="full benchmark files absent")
 
 
 def fiq_queries(caps: list[dict]) -> pa.Table:

@@ -4,7 +4,10 @@ the real task files, the average R@1 over tasks, and the tie rule (order taken a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+import pytest
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +17,11 @@ from cirflow.evaluation.genecis import genecis_metrics
 from cirflow.evaluation.submission import rankings_to_submission
 from cirflow.schemas.tables import QUERIES, RANKINGS
 
-GENECIS = Path("/work/shared/benchmarks/genecis/genecis")
+# the full upstream files (exactness against the reference implementations): ../shared beside the clone, or
+# $CIRFLOW_SHARED; a fresh clone without them skips this file (tests/data/benchmarks has slices for the rest)
+_BENCHMARKS = Path(os.environ.get("CIRFLOW_SHARED") or Path(__file__).resolve().parents[2] / "shared") / "benchmarks"
+GENECIS = _BENCHMARKS / "genecis/genecis"
+pytestmark = pytest.mark.skipif(not _BENCHMARKS.is_dir(), reason="full benchmark files absent")
 TASKS = ("focus_attribute", "change_attribute", "focus_object")  # change_object is held out
 
 

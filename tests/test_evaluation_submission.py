@@ -4,6 +4,7 @@ swapped with each other (LDRE bug), and a test split (no targets) validates but 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,11 @@ from cirflow.evaluation.submission import (
 from cirflow.schemas.errors import CirflowError, ConfigError
 from cirflow.schemas.tables import QUERIES
 
-CIRR = Path("/work/shared/benchmarks/cirr")
+# the full upstream files (exactness against the reference implementations): ../shared beside the clone, or
+# $CIRFLOW_SHARED; a fresh clone without them skips this file (tests/data/benchmarks has slices for the rest)
+_BENCHMARKS = Path(os.environ.get("CIRFLOW_SHARED") or Path(__file__).resolve().parents[2] / "shared") / "benchmarks"
+CIRR = _BENCHMARKS / "cirr"
+pytestmark = pytest.mark.skipif(not _BENCHMARKS.is_dir(), reason="full benchmark files absent")
 
 
 @pytest.fixture(scope="module")

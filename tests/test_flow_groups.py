@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from cirflow.cli.run import run_config
-from cirflow.schemas.config import parse_config
+from cirflow.flows.registry import parse_config
 from cirflow.tasks.benchmarks.placeholders import make_slice
 
 pytestmark = pytest.mark.slow
@@ -51,3 +51,18 @@ def test_genecis_text_to_text_over_cropped_candidates(tmp_path, shared_benchmark
     # every candidate of every sample is captioned (10 per sample; duplicates across samples share one caption)
     assert captions["stats"]["images"] >= 10 and captions["status"] == "computed"
     assert doc["metrics"]["recall@3"] >= doc["metrics"]["recall@1"]
+
+
+def test_group_averaging_is_one_rule_and_refuses_empty_input():
+    """Run summaries and comparison tables average groups with the evaluation's one rule (a plain mean of the
+    metrics every group has); no groups at all is an error, never an empty metrics table."""
+    import pytest
+
+    from cirflow.evaluation.api import average_over
+    from cirflow.flows import report, summary
+    from cirflow.schemas.errors import CirflowError
+
+    assert summary.average_over is average_over and report.average_over is average_over
+    assert average_over({"dress": {"recall@10": 10.0, "x": 1.0}, "shirt": {"recall@10": 20.0}}) == {"recall@10": 15.0}
+    with pytest.raises(CirflowError, match="no groups"):
+        average_over({})

@@ -10,7 +10,7 @@ import pytest
 
 from cirflow.cli.run import run_config
 from cirflow.evaluation.submission import read_submission, validate_submission
-from cirflow.schemas.config import parse_config
+from cirflow.flows.registry import parse_config
 from cirflow.storage import ArtifactStore
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 
 from cirflow.models.mllm.protocol import ChatResult, check_json_answer, parse_json_output
 from cirflow.schemas.layout import MAX_INSTANCES, Layout, load_layout, parse_layout
-from cirflow.tasks.plan_layout import DEFAULT_SIZE_STATS, enrich_layout, raw_answer, split_template
+from cirflow.tasks.ip_cir.plan_layout import DEFAULT_SIZE_STATS, enrich_layout, raw_answer, split_template
 
 
 def inst(label="dog", box=(0.1, 0.2, 0.5, 0.9), reference="image", **kw) -> dict:

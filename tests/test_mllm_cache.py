@@ -1,18 +1,23 @@
 """CachedMLLM in front of a real HttpMLLM talking to a stand-in LLM server: hits never reach the server, failed
-answers are not cached, the key follows image bytes (not paths), seeds and schemas."""
+answers are not cached (neither a failed item nor a call that raised because the backend was down), the key
+follows image bytes (not paths), seeds and schemas."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cirflow.models.mllm import ChatRequest, load_mllm
 from cirflow.models.mllm.cache import CachedMLLM
+from cirflow.schemas.errors import BackendUnavailable
 from cirflow.schemas.mllm import MLLMConfig, SamplingParams
 from cirflow.tasks.lazy import Lazy
 
@@ -68,3 +73,44 @@ def test_hits_misses_failures_and_image_bytes(tmp_path):
         cache2.close()
     finally:
         srv.close()
+
+
+def test_a_transient_failure_is_never_cached(tmp_path):
+    # a server that is down (500) for the first call, then healthy: the down call raises and stores nothing,
+    # so the next call asks the server again instead of serving a failure from the cache
+    state = {"down": True, "hits": 0}
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            state["hits"] += 1
+            code, body = (500, {"error": "down"}) if state["down"] else (
+                200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "an answer"}}]})
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        cfg = MLLMConfig(backend="http", model="m", base_url=f"http://127.0.0.1:{srv.server_port}/v1",
+                         retries=1, backoff_s=0.01)
+        cache = CachedMLLM(load_mllm(cfg), str(tmp_path / "cache"), cfg.key_fields())
+        req = ChatRequest(id="a", prompt="Caption A: x\nCaption B: y")
+        with pytest.raises(BackendUnavailable):
+            cache.generate([req], progress=False)
+        assert state["hits"] == 2 and cache.stats()["stored"] == 0 and not list((tmp_path / "cache").rglob("*.json"))
+        state["down"] = False
+        (r,) = cache.generate([req], progress=False)
+        assert r.status == "ok" and r.text == "an answer" and state["hits"] == 3 and cache.stats()["stored"] == 1
+        (again,) = cache.generate([req], progress=False)
+        assert again.text == "an answer" and state["hits"] == 3  # now from the cache
+        cache.close()
+    finally:
+        srv.shutdown()

@@ -23,6 +23,7 @@ from PIL import Image
 from cirflow.models.mllm import ChatRequest, load_mllm
 from cirflow.models.mllm.server import free_port
 from cirflow.models.tiny import build_tiny_qwen25vl
+from cirflow.schemas.errors import BackendUnavailable
 from cirflow.schemas.mllm import MLLMConfig, SamplingParams
 
 TRANSFORMERS_CLI = str(Path(sys.executable).parent / "transformers")
@@ -146,27 +147,30 @@ def test_launcher_starts_serves_and_stops(tiny, images):
         r = m.generate([ChatRequest(id="a", prompt="Describe.", images=(images[1],), sampling=GREEDY)], progress=False)[0]
         assert r.status == "ok", r
     assert not server.running  # closed with the backend
-    # The server is gone: the request fails after its retries, with the reason, in bounded time.
+    # The server is gone: generate raises after its retries, with the reason, in bounded time; no result.
     t0 = time.monotonic()
-    r = m.generate([ChatRequest(id="b", prompt="Describe.", sampling=GREEDY)], progress=False)[0]
-    assert r.status == "failed" and "gave up after 3 attempts" in r.error and "ConnectError" in r.error
+    with pytest.raises(BackendUnavailable, match=r"ConnectError.*\(after 3 attempts\)"):
+        m.generate([ChatRequest(id="b", prompt="Describe.", sampling=GREEDY)], progress=False)
     assert time.monotonic() - t0 < 5
 
 
 def test_launcher_reports_a_server_that_dies(tmp_path):
     cmd = [sys.executable, "-c", "import sys; print('no such model {model}'); sys.exit(3)", "{port}"]
-    with pytest.raises(RuntimeError, match="exited with code 3") as e:
+    with pytest.raises(BackendUnavailable, match="exited with code 3") as e:
         load_mllm(MLLMConfig(backend="http", model="ghost", server_command=cmd, startup_timeout_s=30))
     assert "no such model ghost" in str(e.value)  # the log tail is in the error
+    assert "\n" not in str(e.value)  # one line
 
 
 def test_closed_port_fails_after_retries(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     with load_mllm(MLLMConfig(backend="http", model="m", base_url=url, retries=2)) as m:
         t0 = time.monotonic()
-        res = m.generate([ChatRequest(id=str(i), prompt="hi") for i in range(3)], progress=False)
+        with pytest.raises(BackendUnavailable) as e:
+            m.generate([ChatRequest(id=str(i), prompt="hi") for i in range(3)], progress=False)
         elapsed = time.monotonic() - t0
-    assert all(r.status == "failed" and "gave up after 3 attempts: ConnectError" in r.error for r in res), res
+    assert str(e.value).startswith(f"model backend {url} is unavailable: ConnectError")
+    assert str(e.value).endswith("(after 3 attempts)")
     assert elapsed < 4  # backoff 0.5 s then 1 s, times jitter <= 1
 
 
@@ -254,15 +258,18 @@ def test_concurrency_bound_order_and_request_fields(scripted):
     assert ["top_k" in g["keys"] for g in got] == [i % 2 == 0 for i in range(12)]  # never sent when -1
 
 
-@pytest.mark.parametrize(("kind", "status", "hits"), [("flaky", "ok", 3), ("busy", "ok", 2), ("down", "failed", 3), ("bad", "failed", 1)])
+@pytest.mark.parametrize(("kind", "status", "hits"), [("flaky", "ok", 3), ("busy", "ok", 2), ("down", "raised", 3), ("bad", "failed", 1)])
 def test_retry_policy(scripted, kind, status, hits):
     url, sc = scripted(kind)
     with load_mllm(_http(url, retries=2)) as m:
-        r = m.generate([ChatRequest(id="x", prompt="hi")], progress=False)[0]
-    assert r.status == status, r
+        try:
+            r = m.generate([ChatRequest(id="x", prompt="hi")], progress=False)[0]
+        except BackendUnavailable as e:  # 5xx that outlives the retries: the backend is down, no result
+            r = e
+    assert (r.status if not isinstance(r, BackendUnavailable) else "raised") == status, r
     assert _Scripted.state[sc]["hits"] == hits  # 5xx/429 retried, 400 not
     if kind == "down":
-        assert r.error.startswith("gave up after 3 attempts: HTTP 500")
+        assert str(r).endswith('HTTP 500: {"error": "boom"} (after 3 attempts)')
     if kind == "bad":
         assert r.error.startswith("HTTP 400")
 
@@ -291,6 +298,5 @@ def test_api_key_is_sent_but_never_shown(scripted, monkeypatch):
     assert json.loads(r.text)["auth"] == f"Bearer {secret}"
     assert secret not in shown and r.error is None
     monkeypatch.delenv("CIRFLOW_TEST_KEY")
-    with load_mllm(cfg) as m:
-        r = m.generate([ChatRequest(id="a", prompt="p")], progress=False)[0]
-    assert r.status == "failed" and "CIRFLOW_TEST_KEY" in r.error
+    with load_mllm(cfg) as m, pytest.raises(BackendUnavailable, match="CIRFLOW_TEST_KEY .* is not set"):
+        m.generate([ChatRequest(id="a", prompt="p")], progress=False)  # a configuration error, not N failed items

@@ -103,3 +103,29 @@ def test_downscaling_and_describe(tmp_path_factory, images):
     assert res[0].status == "ok"
     assert d["backend"] == "transformers" and d["max_image_pixels"] == 1024 and d["torch_dtype"] == "float32"
     assert d["model"] == str(tiny) and d["device"] == "cpu"
+
+
+def test_an_input_the_processor_rejects_fails_its_item_only(mllm, images, tmp_path):
+    # Qwen2-VL's image processor refuses aspect ratios above 200: the item's fault, not the model's
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.zeros((1, 300, 3), np.uint8)).save(strip)
+    reqs = [ChatRequest(id="strip", prompt="Describe.", images=(str(strip),), sampling=GREEDY), *_batch(images)[:2]]
+    res = mllm.generate(reqs, progress=False)
+    assert res[0].status == "failed" and res[0].error.startswith("cannot process input: ValueError")
+    assert [r.status for r in res[1:]] == ["ok", "ok"]
+
+
+def test_a_backend_that_cannot_generate_raises(tmp_path_factory, tmp_path, images):
+    # a real checkpoint whose chat template refuses every conversation: no request can be served, so the
+    # call raises (a stage then commits nothing) instead of returning a shard of "failed" items
+    import shutil
+
+    from cirflow.schemas.errors import BackendUnavailable
+
+    broken = tmp_path / "broken"
+    shutil.copytree(build_tiny_qwen25vl(tmp_path_factory.getbasetemp() / "tiny-qwen25vl", seed=0), broken)
+    (broken / "chat_template.jinja").write_text("{{ raise_exception('this checkpoint has no chat template') }}")
+    with load_mllm(MLLMConfig(backend="transformers", model=str(broken), device="cpu")) as m:
+        with pytest.raises(BackendUnavailable, match="cannot render the chat template.*has no chat template") as e:
+            m.generate([ChatRequest(id="a", prompt="Describe.", images=(images[0],), sampling=GREEDY)], progress=False)
+    assert str(e.value).startswith(f"model backend in-process model {str(broken)!r} on cpu is unavailable")

@@ -5,6 +5,8 @@ The refined folder is then read back by the loader, `cirflow ingest` and `cirflo
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import threading
@@ -14,15 +16,18 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from cirflow.flows.refine import refine
 from cirflow.models.mllm.http import encode_image
-from cirflow.schemas.refine import RefineConfig
+from cirflow.flows.refine import RefineConfig
 from cirflow.storage import ArtifactStore
 from cirflow.storage.manifest import MANIFEST
 from cirflow.tasks.benchmarks import load_benchmark
 from cirflow.tasks.benchmarks.placeholders import make_slice
-from cirflow.tasks.refine_benchmark import _orders, classify
+from cirflow.tasks.refine.candidate_strip import GAP, cell_box, fit_cell
+from cirflow.tasks.refine.refine_validate import _orders, classify
+from cirflow.models.images import load_image
 from cirflow.models.mllm.protocol import ChatResult
 
 
@@ -114,6 +119,9 @@ SCRIPT = {
 }
 
 
+CELL = 336  # RefineOptions.candidate_cell default
+
+
 class StandIn:
     """Answers chat completions from the script, recognising queries by their texts and images by content."""
 
@@ -123,12 +131,21 @@ class StandIn:
         self.caps = caps
         self.by_text = {c["caption"]: i for i, c in enumerate(caps)}
         self.image_of = {encode_image(str(data_root / p)): name for name, p in splits.items()}
+        # validation sends the candidates as one strip (supp. 8.2): a cell's pixels identify its image
+        self.cell_of = {fit_cell(load_image(str(data_root / p)), CELL).tobytes(): name for name, p in splits.items()}
         self.calls: Counter = Counter()
         self.lock = threading.Lock()
 
+    def strip_cells(self, url: str) -> list[str]:
+        strip = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+        n = (strip.width + GAP) // (CELL + GAP)
+        return [self.cell_of[strip.crop(cell_box(k, CELL)).tobytes()] for k in range(n)]
+
     def answer(self, body: dict) -> str:
         content = body["messages"][-1]["content"]
-        images = [self.image_of[c["image_url"]["url"]] for c in content if c["type"] == "image_url"]
+        urls = [c["image_url"]["url"] for c in content if c["type"] == "image_url"]
+        images = [self.image_of[urls[0]], *(self.image_of.get(u) or self.strip_cells(u) for u in urls[1:])]
+        images = [images[0], *(i for x in images[1:] for i in (x if isinstance(x, list) else [x]))]
         prompt = next(c["text"] for c in content if c["type"] == "text")
         text = re.search(r'"(.*)"', prompt).group(1)  # the (first) quoted line: the text under test
         if "TARGET photo" in prompt:  # regeneration
@@ -141,6 +158,7 @@ class StandIn:
         m = re.match(r"\[(\d+)\] (coarse|medium|fine)$", text)
         i, level = (int(m.group(1)), ["coarse", "medium", "fine"].index(m.group(2)) + 1) if m else (self.by_text[text], 0)
         target = self.caps[i]["target_hard"]
+        assert len(urls) == 2 and urls[1] not in self.image_of  # reference + one candidate strip (supp. 8.2)
         assert images[0] == self.caps[i]["reference"] and target in images[1:]
         right = images[1:].index(target) + 1
         wrong = 1 if right != 1 else 2

@@ -15,7 +15,7 @@ import pytest
 
 from cirflow.schemas.mllm import MLLMConfig, SamplingParams
 from cirflow.storage import ArtifactStore
-from cirflow.tasks import compose_target_text, ingest
+from cirflow.tasks.runs import compose_target_text, ingest
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent("""
     import sys
     from cirflow.schemas.mllm import MLLMConfig, SamplingParams
     from cirflow.storage import ArtifactStore
-    from cirflow.tasks import compose_target_text, ingest
+    from cirflow.tasks.runs import compose_target_text, ingest
     store_root, data_root, model, prompt = sys.argv[1:5]
     store = ArtifactStore(store_root)
     bench = ingest.run(store, "cirr", data_root)

@@ -73,3 +73,34 @@ def test_precomputed_scores_same_rule_and_untouched(tied):
     np.testing.assert_array_equal(S, S_copy)  # masking happens on a copy
     S_copy[:, 0] = -np.inf
     np.testing.assert_array_equal(i, _brute(S_copy, 25))
+
+
+@pytest.mark.parametrize("k", [1, 4, 50, 300])
+def test_faiss_route_keeps_tie_rule_and_masks(tied, k):
+    # the CPU route (FAISS candidates + re-rank + exact redo of boundary ties) on data that is all ties, with up
+    # to three masked ids per query: it must apply (not decline) and equal the brute-force rule exactly
+    from cirflow.retrieval.topk import _faiss_topk
+
+    q, g = tied
+    rng = np.random.default_rng(3)
+    excl = rng.integers(-1, len(g), (len(q), 3))
+    excl[:, 0] = _brute(q @ g.T, 1)[:, 0]  # always mask the best, like CIRR's reference removal
+    S = q @ g.T
+    S_masked = S.copy()
+    for r, row in enumerate(excl):
+        S_masked[r, row[row >= 0]] = -np.inf
+    out = _faiss_topk(q, g, k, excl, chunk=16)
+    assert out is not None
+    s, i = out
+    ref = _brute(S_masked, k)
+    np.testing.assert_array_equal(i, ref)
+    np.testing.assert_array_equal(s, np.take_along_axis(S, ref, 1))
+    np.testing.assert_array_equal(topk(q, g, k, exclude=excl)[1], ref)
+
+
+def test_faiss_route_declines_when_candidates_cover_gallery(tied):
+    from cirflow.retrieval.topk import _faiss_topk
+
+    q, g = tied
+    assert _faiss_topk(q, g, len(g) - 4, None, chunk=16) is None  # k + margin >= gallery: exact path instead
+    assert _faiss_topk(q, g, 10, None, chunk=16) is not None

@@ -12,10 +12,10 @@ from cirflow.prompts import load_template, render
 from cirflow.schemas.errors import ConfigError
 from cirflow.schemas.mllm import MLLMConfig, SamplingParams
 from cirflow.storage import ArtifactStore, item_seed
-from cirflow.tasks import caption_images, ingest, rewrite_caption
+from cirflow.tasks.runs import caption_images, ingest, rewrite_caption
 from cirflow.tasks.lazy import Lazy
-from cirflow.tasks.rewrite_caption import (FAILED, MARKER, MARKER_NEXT_LINE, MODIFICATION, PARSE_PATHS, WHOLE_ANSWER,
-                                           parse_edited_description, parse_path)
+from cirflow.tasks.runs.rewrite_caption import (FAILED, MARKER, MARKER_NEXT_LINE, MODIFICATION, PARSE_PATHS,
+                                                WHOLE_ANSWER, parse_edited_description, parse_path)
 
 MOD = "make the dog black"
 

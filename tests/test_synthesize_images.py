@@ -21,7 +21,7 @@ from cirflow.schemas.diffusion import DiffusionConfig
 from cirflow.schemas.errors import CirflowError
 from cirflow.schemas.tables import TEXTS
 from cirflow.storage import ArtifactStore, begin, item_seed
-from cirflow.tasks import ingest, synthesize_images
+from cirflow.tasks.runs import ingest, synthesize_images
 
 N_QUERIES = 30  # mini CIRR
 
@@ -45,7 +45,7 @@ def _cfg(model, **kw) -> DiffusionConfig:
     # 32 x 32 and 2 steps: about 0.05 s an image on one CPU core
     return DiffusionConfig(**({"pipeline": "instruct_pix2pix", "model": str(model), "resolution": 32,
                                "num_inference_steps": 2, "image_guidance_scale": 1.5, "batch_size": 8,
-                               "device": "cpu"} | kw))
+                               "device": "cpu", "conditioning": "modification"} | kw))
 
 
 def _content(art) -> list[dict]:
@@ -117,7 +117,7 @@ def _texts_artifact(store, bench, texts: dict[str, str | None]):
 
 def test_composed_conditioning(tmp_path, mini_bench, tiny_models, ip2p, shared):
     from cirflow.schemas.mllm import MLLMConfig, SamplingParams
-    from cirflow.tasks import compose_target_text
+    from cirflow.tasks.runs import compose_target_text
 
     store = ArtifactStore(str(tmp_path / "store"))
     bench = ingest.run(store, "cirr", str(mini_bench["cirr"]))
@@ -171,7 +171,7 @@ SCRIPT = textwrap.dedent("""
     import sys
     from cirflow.schemas.diffusion import DiffusionConfig
     from cirflow.storage import ArtifactStore
-    from cirflow.tasks import ingest, synthesize_images
+    from cirflow.tasks.runs import ingest, synthesize_images
     store_root, data_root, cfg_json = sys.argv[1:4]
     store = ArtifactStore(store_root)
     bench = ingest.run(store, "cirr", data_root)

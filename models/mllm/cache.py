@@ -5,7 +5,8 @@ dtype, ...), prompt, system prompt, JSON schema, sampling (seed included) and th
 *bytes* (so a moved or renamed image still hits, an edited one misses). An answer is stored as one small JSON
 file `<cache_root>/<key[:2]>/<key>.json`, written atomically (temporary name, then rename), on any fsspec root.
 
-Only successful answers are stored: a failed request (timeout, malformed JSON) is asked again next time.
+Only successful answers are stored: a failed item (malformed JSON, a refusal) is asked again next time, and a
+call the backend could not serve (server down: the backend raises BackendUnavailable) stores nothing at all.
 Hits never call, nor even load, the inner model: `inner` may be a `Lazy` handle, fetched on the first miss.
 
 This is what makes a grown collection cheap: stage keys change when the collection grows, so shards are

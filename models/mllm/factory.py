@@ -17,4 +17,8 @@ def load_mllm(cfg: MLLMConfig) -> MLLM:
         from cirflow.models.mllm.transformers_backend import TransformersMLLM
 
         return TransformersMLLM(cfg)
+    if cfg.backend == "blip2":
+        from cirflow.models.mllm.blip2_backend import Blip2MLLM
+
+        return Blip2MLLM(cfg)
     raise ValueError(f"unknown MLLM backend {cfg.backend!r}")

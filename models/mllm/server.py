@@ -2,21 +2,38 @@
 
 The server runs in its own process group so that closing kills it together with its workers (vLLM forks
 engine processes). Its output goes to a log file, never to our stdout: model servers are chatty and a
-crash is diagnosed from the log tail we put in the error.
+crash is diagnosed from the (redacted) log tail we put in the error.
+
+A launched server dies with cirflow, even with a kill -9 that runs no cleanup (issue 9): on Linux the child
+asks the kernel for a parent-death signal (prctl PR_SET_PDEATHSIG, SIGTERM, so vLLM still stops its engine
+processes). The kernel sends it when the *thread* that forked the child exits (prctl(2)), so every server
+is forked from one long-lived launcher thread, never from a Prefect worker thread that may finish first.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Sequence
 
 import httpx
+
+from cirflow.models.mllm.redact import redact
+from cirflow.schemas.errors import BackendUnavailable
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_launcher: ThreadPoolExecutor | None = None
+_launcher_lock = threading.Lock()
 
 
 def free_port() -> int:
@@ -40,11 +57,41 @@ def _kill_group(proc: subprocess.Popen, grace_s: float) -> None:
         pass
 
 
-def _tail(path: Path, n: int = 2000) -> str:
+def _tail(path: Path, secrets: Sequence[str] = (), lines: int = 5) -> str:
+    """The log's last lines, redacted and joined into one line (an error message is one line)."""
     try:
-        return path.read_text(errors="replace")[-n:]
+        text = path.read_text(errors="replace")[-20_000:]
     except OSError:
         return ""
+    last = [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]
+    return redact(" | ".join(last), secrets, max_chars=600)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that sets the parent-death signal, or None where prctl does not exist (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child after fork only calls it
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect: no signal will come
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+def _spawn(command: list[str], **kwargs) -> subprocess.Popen:
+    """subprocess.Popen on the launcher thread, which lives as long as the process (see the module doc)."""
+    global _launcher
+    with _launcher_lock:
+        if _launcher is None:
+            _launcher = ThreadPoolExecutor(1, thread_name_prefix="cirflow-server-launcher")
+    return _launcher.submit(subprocess.Popen, command, preexec_fn=_die_with_parent(), **kwargs).result()
 
 
 class ServerProcess:
@@ -57,6 +104,7 @@ class ServerProcess:
         log_path: str | os.PathLike | None = None,
         env: dict[str, str] | None = None,
         substitutions: dict[str, str] | None = None,
+        secrets: Sequence[str] = (),
     ):
         if not any("{port}" in a for a in command):
             raise ValueError("server_command must contain '{port}' so that the launched server's port is known")
@@ -71,13 +119,14 @@ class ServerProcess:
         self.startup_seconds: float | None = None
         self._startup_timeout_s = startup_timeout_s
         self._env = {**os.environ, **(env or {})}
+        self._secrets = list(secrets)  # literal values (the api key) kept out of error messages
         self._proc: subprocess.Popen | None = None
         self._finalizer = None
 
     def start(self) -> "ServerProcess":
         t0 = time.monotonic()
         with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
+            self._proc = _spawn(
                 self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=self._env, start_new_session=True,  # own process group: killpg reaches its children
             )  # fmt: skip
@@ -99,9 +148,10 @@ class ServerProcess:
         with httpx.Client(timeout=5) as client:
             while True:
                 if self._proc.poll() is not None:
-                    raise RuntimeError(
-                        f"model server exited with code {self._proc.returncode} during startup "
-                        f"(command {self.command[0]!r}, log {self.log_path}):\n{_tail(self.log_path)}"
+                    raise BackendUnavailable(
+                        f"launched server {self.command[0]!r}",
+                        f"exited with code {self._proc.returncode} during startup (log {self.log_path}): "
+                        f"{_tail(self.log_path, self._secrets)}",
                     )
                 try:
                     if client.get(f"{root}/health").status_code == 200:
@@ -109,11 +159,16 @@ class ServerProcess:
                 except httpx.TransportError:
                     pass  # not listening yet
                 if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"model server not healthy after {self._startup_timeout_s:.0f} s "
-                        f"(log {self.log_path}):\n{_tail(self.log_path)}"
+                    raise BackendUnavailable(
+                        f"launched server {self.command[0]!r}",
+                        f"not healthy after {self._startup_timeout_s:.0f} s (log {self.log_path}): "
+                        f"{_tail(self.log_path, self._secrets)}",
                     )
                 time.sleep(0.25)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def running(self) -> bool:

@@ -4,19 +4,30 @@ Used by CPU tests and the demo with the tiny model, and usable on a GPU worker w
 Greedy requests are batched (left padding). Sampled requests run one at a time under their own seed, so a
 sampled answer depends only on (request, seed), never on which other requests shared its batch.
 There is no constrained decoding here: a JSON-schema request is parsed and validated after generation.
+
+Failures split as in the http backend (issue 9): an image that cannot be read, or an input the processor
+rejects, fails its item only (status "failed"); anything else (the model cannot generate at all: out of
+memory even for one item, a device error, a broken chat template) raises BackendUnavailable, so the calling
+stage commits nothing computed by a broken backend.
 """
 
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from tqdm import tqdm
 
+from cirflow.models.mllm.in_process import InProcessModel
 from cirflow.models.mllm.protocol import ChatRequest, ChatResult, check_json_answer, load_image
+from cirflow.models.mllm.redact import redact
+from cirflow.schemas.errors import BackendUnavailable
 from cirflow.schemas.mllm import MLLMConfig
+
+
+class _BadInput(Exception):
+    """The processor rejected this item's input (e.g. an image it cannot patch): the item's fault, not the model's."""
 
 
 @dataclass
@@ -41,7 +52,7 @@ def _device(name: str):
     return torch.device(name)
 
 
-class TransformersMLLM:
+class TransformersMLLM(InProcessModel):
     def __init__(self, cfg: MLLMConfig):
         if cfg.backend != "transformers":
             raise ValueError(f"TransformersMLLM needs backend='transformers', got {cfg.backend!r}")
@@ -68,11 +79,16 @@ class TransformersMLLM:
             for i, req in enumerate(requests):
                 t0 = time.monotonic()
                 try:
-                    p = self._prepare(i, req)
+                    images = [load_image(p, self.cfg.max_image_pixels) for p in req.images]
                 except Exception as e:  # noqa: BLE001 - an unreadable image fails its item only
-                    results[i] = _failed(req, f"cannot prepare request: {type(e).__name__}: {e}", time.monotonic() - t0)
+                    why = redact(f"cannot read image: {type(e).__name__}: {e}")
+                    results[i] = _failed(req, why, time.monotonic() - t0)
                     bar.update(1)
                     continue
+                try:
+                    p = self._prepare(i, req, images)
+                except Exception as e:  # the chat template fails for a request: every such request would
+                    raise self._unavailable("cannot render the chat template", e) from e
                 (sampled if req.sampling.temperature > 0 else greedy).append(p)
             bs = self.cfg.batch_size
             for start in range(0, len(greedy), bs):
@@ -98,29 +114,14 @@ class TransformersMLLM:
             "torch_version": torch.__version__,
         }
 
-    def close(self) -> None:
-        if getattr(self, "model", None) is None:
-            return
-        self.model = None
-        gc.collect()
-        if self.device.type == "cuda":
-            import torch
-
-            torch.cuda.empty_cache()
-
-    def __enter__(self) -> "TransformersMLLM":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"TransformersMLLM(model={self.cfg.model!r}, device={str(self.device)!r})"
 
     # --------------------------------------------------------------------------------------- internals
 
-    def _prepare(self, index: int, req: ChatRequest) -> _Prepared:
-        images = [load_image(p, self.cfg.max_image_pixels) for p in req.images]
+    def _unavailable(self, what: str, e: BaseException) -> BackendUnavailable:
+        return BackendUnavailable(f"in-process model {self.cfg.model!r} on {self.device}",
+                                  f"{what}: {redact(f'{type(e).__name__}: {e}')}")
+
+    def _prepare(self, index: int, req: ChatRequest, images: list) -> _Prepared:
         messages: list[dict] = []
         if req.system:
             messages.append({"role": "system", "content": [{"type": "text", "text": req.system}]})
@@ -135,9 +136,12 @@ class TransformersMLLM:
             texts = self._generate_texts(batch)
         except Exception as e:  # noqa: BLE001
             if len(batch) > 1:
-                # Find the culprit: rerun one by one so that only the bad item fails.
+                # Find the culprit (or fit in memory): rerun one by one, so that only a bad item fails.
                 return [pair for p in batch for pair in self._run_batch([p])]
-            return [(batch[0], _failed(batch[0].req, f"generation failed: {type(e).__name__}: {e}", time.monotonic() - t0))]
+            if isinstance(e, _BadInput):
+                return [(batch[0], _failed(batch[0].req, f"cannot process input: {e}", time.monotonic() - t0))]
+            # one item alone cannot be generated and its input was accepted: the model or device is broken
+            raise self._unavailable("generation failed", e) from e
         # Each item of a batch is charged an equal share of the batch's wall time.
         share = (time.monotonic() - t0) / len(batch)
         out = []
@@ -151,9 +155,12 @@ class TransformersMLLM:
         import torch
 
         images = [im for p in batch for im in p.images]
-        inputs = self.processor(
-            text=[p.text for p in batch], images=images or None, return_tensors="pt", padding=True
-        ).to(self.model.device)
+        try:
+            inputs = self.processor(text=[p.text for p in batch], images=images or None, return_tensors="pt",
+                                    padding=True)
+        except Exception as e:  # noqa: BLE001
+            raise _BadInput(redact(f"{type(e).__name__}: {e}")) from e
+        inputs = inputs.to(self.model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         prompt_len = inputs["input_ids"].shape[1]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from cirflow.schemas.errors import ConfigError
+from cirflow.schemas.errors import AnnotationError, ConfigError
 
 from . import circo, cirr, fashioniq, genecis
 from .common import Benchmark, require_choice
@@ -59,8 +59,8 @@ def load_benchmark(
 ) -> Benchmark:
     """Load one split (Fashion-IQ: one category, GeneCIS: one task) of a benchmark from its official files.
 
-    Raises ConfigError for a bad name/split/category/task, AnnotationError for a missing file or malformed record
-    (message names file, record index and field), MissingImagesError when check_images finds absent files.
+    Raises ConfigError for a bad name/split/category/task, AnnotationError for a missing file, malformed record
+    (message names file, record index and field) or a path that leaves its root, MissingImagesError when check_images finds absent files.
     """
     spec = BENCHMARKS.get(name)
     if spec is None:
@@ -85,4 +85,16 @@ def load_benchmark(
     bench.info["images_checked"] = check_images
     return bench
 
-__all__ = ["BENCHMARKS", "Benchmark", "BenchmarkSpec", "load_benchmark"]
+def require_queries(bench: Benchmark) -> Benchmark:
+    """AnnotationError for a benchmark without queries, naming its query file. Called where a benchmark becomes
+    an input (ingest, run preflight): an empty split would ingest fine and then crash deep inside a run. Not in
+    load_benchmark itself, since a refinement that removed every triplet legitimately writes an empty split."""
+    if bench.queries.num_rows == 0:
+        files = bench.info.get("annotation_files", {})
+        source = next((f["path"] for role, f in files.items() if role in ("captions", "annotations", "task")),
+                      bench.info.get("data_root", bench.name))
+        raise AnnotationError(source, None, None, "no queries (an empty list); a benchmark needs at least one")
+    return bench
+
+
+__all__ = ["BENCHMARKS", "Benchmark", "BenchmarkSpec", "load_benchmark", "require_queries"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import Benchmark, Records, check_images, images_table, isdir, join, normalize_root, parent, queries_table, read_json
+from .common import Benchmark, Records, check_images, contained, images_table, isdir, join, normalize_root, parent, queries_table, read_json
 
 SPLITS = ("val", "test1", "train")
 DEFAULT_SPLIT = "val"
@@ -44,7 +44,12 @@ def load_cirr(data_root: str, split: str, *, image_root: str | None = None, chec
         if not isinstance(rel, str):
             raise split_file.fail(repr(name), None, f"expected a relative path string, got {rel!r}")
     root = normalize_root(image_root) if image_root is not None else _image_root(data_root, rel_paths)
-    paths = [join(root, p) for p in rel_paths]
+    paths = []
+    for name, rel in split_file.data.items():
+        path = contained(root, rel)
+        if path is None:  # an image outside the image root would be read, sent to models and embedded
+            raise split_file.fail(repr(name), None, f"path {rel!r} leaves the image root {root}")
+        paths.append(path)
     gallery = set(image_names)
 
     has_gt = split not in NO_GT_SPLITS

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -56,6 +57,24 @@ def join(root: str, *parts: str) -> str:
         part = part[2:] if part.startswith("./") else part
         out = f"{out}/{part.strip('/')}"
     return out
+
+
+def contained(root: str, *parts: str) -> str | None:
+    """join(root, *parts) normalised, or None when the parts leave `root` ('..' past it).
+
+    Lexical on purpose: ids and paths in annotation files must not climb out of their root, while a root (or a
+    folder in it) that is a symlink to another disk is an ordinary dataset layout and stays allowed.
+    """
+    base = root.rstrip("/") or "/"
+    path = join(base, *parts)
+    if is_local(base):
+        norm = os.path.normpath(path)
+        base = os.path.normpath(base)
+    else:
+        proto, _, rest = path.partition("://")
+        norm = f"{proto}://{posixpath.normpath(rest)}"
+        base = f"{proto}://{posixpath.normpath(base.partition('://')[2])}"
+    return norm if norm.startswith(base.rstrip("/") + "/") else None
 
 
 def parent(path: str) -> str:
@@ -110,12 +129,25 @@ def read_json(path: str, role: str, files: dict[str, dict[str, str]]) -> Any:
         raise AnnotationError(path, None, None, "annotation file not found") from None
     except OSError as e:
         raise AnnotationError(path, None, None, f"cannot read annotation file ({e})") from None
+    text = decode_utf8(data, path)
     try:
-        parsed = json.loads(data)
+        parsed = json.loads(text)
     except json.JSONDecodeError as e:
         raise AnnotationError(path, None, None, f"not valid JSON ({e})") from None
     files[role] = {"path": path, "sha256": hashlib.sha256(data).hexdigest()}
     return parsed
+
+
+def decode_utf8(data: bytes, path: str) -> str:
+    """UTF-8 text of an annotation file (a leading BOM is allowed, as json.loads(bytes) allowed it); anything
+    else is an AnnotationError naming the file and the byte offset. Decoded explicitly because json.loads(bytes)
+    would raise a bare UnicodeDecodeError."""
+    skip = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = skip + e.start
+        raise AnnotationError(path, None, None, f"not UTF-8 text: byte 0x{data[at]:02x} at offset {at}") from None
 
 
 class Records:
@@ -235,6 +267,8 @@ __all__ = [
     "Records",
     "check_images",
     "check_unique",
+    "contained",
+    "decode_utf8",
     "exists",
     "images_table",
     "isdir",

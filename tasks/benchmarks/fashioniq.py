@@ -13,7 +13,7 @@ from typing import Any
 
 from cirflow.schemas.errors import ConfigError
 
-from .common import Benchmark, Records, check_images, images_table, join, list_names, normalize_root, queries_table, read_json
+from .common import Benchmark, Records, check_images, contained, images_table, join, list_names, normalize_root, queries_table, read_json
 
 SPLITS = ("val", "train", "test")
 DEFAULT_SPLIT = "val"
@@ -62,6 +62,9 @@ def load_fashioniq(data_root: str, split: str, category: str, *, image_root: str
             raise split_file.fail(i, None, f"expected an ASIN string, got {asin!r}")
         if asin in gallery:
             raise split_file.fail(i, None, f"duplicate ASIN {asin!r}")
+        # checked even under --skip-image-check: the path is still read later by every image stage
+        if contained(join(root, "images"), f"{asin}.png") is None:
+            raise split_file.fail(i, None, f"ASIN {asin!r} leaves the image folder {join(root, 'images')}")
         gallery[asin] = None
 
     has_gt = split not in NO_GT_SPLITS

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import Benchmark, Records, check_images, exists, images_table, join, normalize_root, queries_table, read_json
+from .common import Benchmark, Records, check_images, contained, exists, images_table, join, normalize_root, queries_table, read_json
 
 TASKS = ("focus_attribute", "change_attribute", "focus_object", "change_object")
 ATTRIBUTE_TASKS = ("focus_attribute", "change_attribute")
@@ -43,9 +43,13 @@ class _Items:
             box = recs.get(item, index, f"{name}.instance_bbox", list)
             if len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
                 raise recs.fail(index, f"{name}.instance_bbox", f"expected [x, y, w, h] numbers, got {box!r}")
+            path = contained(self.image_dir, f"{image_id}.jpg")
+            if path is None:  # an image outside the image folder would be read, sent to models and embedded
+                raise recs.fail(index, f"{name}.image_id",
+                                f"image id {image_id!r} leaves the image folder {self.image_dir}")
             item_id = f"{image_id}@{','.join(repr(v) for v in box)}"
             if item_id not in self.rows:
-                self.rows[item_id] = (f"{self.image_dir}/{image_id}.jpg", [float(v) for v in box])
+                self.rows[item_id] = (path, [float(v) for v in box])
             return item_id, image_id
         coco_id = recs.get(item, index, f"{name}.val_image_id", int)
         item_id = str(coco_id)

@@ -1,0 +1,131 @@
+"""Pipeline overhead per stage: stage wall time / pure model time, on tiny random-weight models (issue 14 goal 5).
+
+One process, CPU, the generated mini benchmark (cirflow demo's, CIRR format). Models are loaded *before* the
+stage runs (load time is not overhead of the pipeline, and is reported apart). Each backend is handed to the
+stage behind a thin timing proxy that forwards every attribute to the real backend and adds up the wall time
+of its model calls alone: `generate` (MLLM), `encode_texts` / `encode_images` / `encode_images_safe`
+(encoder), `edit` (diffusion). Stage wall = the stage function call (key, store checks, shard planning, item
+preparation, model calls, Parquet/blob commits, manifest), computed into a fresh store.
+  ratio = stage wall / model seconds; goal (issue 14): <= 1.10. PEFUSE Table 5 reports about 1.5 for its own.
+JSON to bench/results/stage_overhead-<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TIMED = ("generate", "encode_texts", "encode_images", "encode_images_safe", "edit")
+
+
+class Timed:
+    """The real backend, with the wall time of its model calls added up (everything else forwarded)."""
+
+    def __init__(self, backend):
+        self._backend, self.seconds, self.calls = backend, 0.0, 0
+
+    def __getattr__(self, name):
+        attr = getattr(self._backend, name)
+        if name not in TIMED:
+            return attr
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t
+                self.calls += 1
+        return timed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--queries", type=int, default=0, help="use only the first N queries (0 = all of mini CIRR)")
+    ap.add_argument("--no-diffusion", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from cirflow.demo.mini_benchmark import build_mini_benchmark
+    from cirflow.models.diffusion import load_pipeline
+    from cirflow.models.encoder import OpenClipEncoder
+    from cirflow.models.mllm.factory import load_mllm
+    from cirflow.models.tiny import build_tiny_open_clip, build_tiny_qwen25vl
+    from cirflow.models.tiny_diffusion import build_tiny_instruct_pix2pix
+    from cirflow.schemas.config import parse_config
+    from cirflow.schemas.diffusion import DiffusionConfig
+    from cirflow.storage import ArtifactStore
+    from cirflow.tasks.runs import compose_target_text, embed_images, embed_texts, ingest, synthesize_images
+    from cirflow.tasks.lazy import Lazy
+
+    work = Path(tempfile.mkdtemp(prefix="stage-overhead-"))
+    data = build_mini_benchmark(work / "data")["cirr"]
+    cfg = parse_config({
+        "name": "overhead", "store": str(work / "store"), "output_dir": str(work / "runs"),
+        "benchmark": {"name": "cirr", "data_root": str(data), "split": "val"},
+        "mllm": {"backend": "transformers", "model": str(build_tiny_qwen25vl(work / "qwen")), "device": "cpu"},
+        "encoder": {"model": f"local-dir:{build_tiny_open_clip(work / 'clip')}", "device": "cpu", "num_workers": 0},
+        "compose": {"sampling": {"temperature": 0.0, "max_tokens": 8}},
+    })
+    diff_cfg = DiffusionConfig(pipeline="instruct_pix2pix", model=str(build_tiny_instruct_pix2pix(work / "ip2p")),
+                               resolution=32, num_inference_steps=2, image_guidance_scale=1.5, batch_size=8,
+                               device="cpu", conditioning="modification")
+    loads = {}
+
+    def loaded(name, factory):
+        t = time.perf_counter()
+        backend = Timed(factory())
+        loads[name] = round(time.perf_counter() - t, 3)
+        return backend
+
+    mllm = loaded("mllm", lambda: load_mllm(cfg.mllm))
+    encoder = loaded("encoder", lambda: OpenClipEncoder(cfg.encoder))
+    pipeline = None if args.no_diffusion else loaded("diffusion", lambda: load_pipeline(diff_cfg))
+    rows = []
+
+    def stage(name, backend, fn):
+        store = ArtifactStore(str(work / f"store-{name}"))  # fresh: every stage computes
+        bench = ingest.run(store, "cirr", str(data), split="val")
+        backend.seconds, backend.calls = 0.0, 0
+        t = time.perf_counter()
+        art = fn(store, bench, Lazy(lambda: backend))
+        wall = time.perf_counter() - t
+        assert art.report.status == "computed", art.report.status
+        rows.append({"stage": name, "items": sum(s.rows for s in art.manifest.shards if s.table == "data"),
+                     "shards": len(art.manifest.shards), "wall_s": round(wall, 4),
+                     "model_s": round(backend.seconds, 4), "model_calls": backend.calls,
+                     "ratio": round(wall / backend.seconds, 3) if backend.seconds else None})
+
+    stage("compose_target_text", mllm, lambda s, b, h: compose_target_text.run(
+        s, b, cfg.mllm, cfg.compose.sampling, shard_size=cfg.compose.shard_size, mllm=h, progress=False))
+    stage("embed_images", encoder, lambda s, b, h: embed_images.embed_images(
+        s, b, cfg.encoder, shard_size=cfg.embed.shard_size, encoder=h, reuse=False, progress=False))
+    stage("embed_texts", encoder, lambda s, b, h: embed_texts.embed_texts(
+        s, cfg.encoder, bench=b, shard_size=cfg.embed.shard_size, encoder=h, progress=False))
+    if pipeline is not None:
+        stage("synthesize_images", pipeline, lambda s, b, h: synthesize_images.run(
+            s, b, diff_cfg, shard_size=16, pipeline=h, progress=False))
+
+    print("| stage | items | shards | stage wall s | model s | wall / model |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['stage']} | {r['items']} | {r['shards']} | {r['wall_s']} | {r['model_s']} | {r['ratio']} |")
+    print(f"\nmodel load seconds (not in the stage walls): {loads}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or Path(__file__).with_name("results") / f"stage_overhead-{stamp}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "load_seconds": loads, "nproc": os.cpu_count(),
+                               "torch_threads": torch.get_num_threads()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmark-run stages: ingest → embed / compose / caption / synthesize → retrieve | fuse_scores → evaluate."""
