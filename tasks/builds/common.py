@@ -1,5 +1,5 @@
 """What the build text stages share (caption_collection, mtcir_texts, instructcir_texts, mvft_texts): the
-cached model handle, the MLLM stage bases with the request cache (BuildRuntime, BuildTextStage, PairTextStage),
+MLLM stage bases with the request cache (BuildRuntime, BuildTextStage, PairTextStage),
 failure classification (malformed / refused / failed) and word counts.
 """
 
@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import ast
 import re
-from contextlib import ExitStack
 from typing import Any
 
 from cirflow.models.mllm.cache import CachedMLLM
 from cirflow.models.mllm.factory import load_mllm
-from cirflow.models.mllm.protocol import ChatRequest, ChatResult
-from cirflow.schemas.mllm import MLLMConfig
+from cirflow.models.mllm.protocol import ChatResult
 from cirflow.storage import item_seed
 from cirflow.tasks.lazy import Lazy
 from cirflow.tasks.stage import Context, MLLMRuntime, MLLMStage
@@ -21,22 +19,6 @@ from cirflow.tasks.stage import Context, MLLMRuntime, MLLMStage
 _REFUSAL = re.compile(r"^\W*(i'?m sorry|i am sorry|sorry,|i cannot|i can'?t|i can not|i'?m unable|i am unable|"
                       r"i won'?t|as an ai|i'?m not able|i am not able)", re.IGNORECASE)
 _WORD = re.compile(r"[\w'-]+")
-
-
-def backend(stack: ExitStack, mllm: Any, cfg: MLLMConfig, cache_root: str | None) -> Any:
-    """The handle a stage generates with: the caller's (a flow shares one, already cached) or a CachedMLLM
-    around a lazily loaded backend (nothing loads while every request hits the cache)."""
-    if mllm is not None:
-        return mllm
-    inner = stack.enter_context(Lazy(lambda: load_mllm(cfg)))
-    return inner if cache_root is None else stack.enter_context(CachedMLLM(inner, cache_root, cfg.key_fields()))
-
-
-def generate(handle: Any, requests: list[ChatRequest], progress: bool) -> list[ChatResult]:
-    if not requests:
-        return []
-    model = handle.get() if isinstance(handle, Lazy) else handle
-    return model.generate(requests, progress=progress)
 
 
 def cache_stats(handle: Any) -> dict | None:
