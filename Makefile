@@ -22,6 +22,8 @@ sysdeps:
 		|| echo "warning: could not install chromium: the HTML report test will skip"
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql) \
 		|| echo "warning: could not install postgresql: the Postgres deployment test will skip"
+	@command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose) \
+		|| echo "warning: could not install docker-compose: the compose file validation test will skip"
 
 test: $(STAMP) sysdeps
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q

@@ -4,9 +4,11 @@ A local OpenAI-compatible server that answers instantly (aiohttp, in its own pro
 is not the client's) receives --requests chat completions, each with one 640x480 JPEG, --concurrency in flight.
   floor  a plain httpx.AsyncClient loop: semaphore of --concurrency, each distinct image read and base64-encoded
          once beforehand, one json= POST per request, the answer's message content taken from r.json()
+  floor8 the same loop with the connections ours uses: ceil(concurrency / 8) httpx clients of 8 keep-alive
+         connections each, a request sent on the client of the free slot it took (at most 8 in flight per client)
   ours   cirflow.models.mllm.http.HttpMLLM(...).generate(requests, progress=False), from file paths
-Both run once on a small batch to warm up, then once each, measured (wall seconds and the client process's CPU
-seconds, time.process_time). The floor's image encoding is outside its timing; ours' is inside (it reads and
+Each runs once on a small batch to warm up, then --repeats times, interleaved (floor, floor8, ours, floor, ...),
+measured (wall seconds and the client process's CPU seconds, time.process_time); the table shows medians. The floor's image encoding is outside its timing; ours' is inside (it reads and
 encodes the files itself), which is the fair way round for the floor.
 
 Run:  .venv/bin/python bench/http_client.py [--requests 3000] [--concurrency 64] [--distinct 300]
@@ -22,6 +24,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,6 +97,41 @@ async def floor_run(base_url: str, urls: list[str], prompts: list[str], concurre
     return sum(o == "a photo" for o in out)
 
 
+async def floor8_run(base_url: str, urls: list[str], prompts: list[str], concurrency: int, pool: int = 8) -> int:
+    """The floor with ours' pools: slot t of `concurrency` sends on client t // pool only, so no request waits
+    inside a pool while a connection elsewhere is free and httpcore's per-request pool walk stays 8 long."""
+    n_pool = min(pool, concurrency)
+    limits = httpx.Limits(max_connections=n_pool, max_keepalive_connections=n_pool)
+    slots: asyncio.Queue = asyncio.Queue()
+    for t in range(concurrency):
+        slots.put_nowait(t)
+
+    async def one(clients: list[httpx.AsyncClient], url: str, prompt: str) -> str:
+        body = {"model": "bench", "max_tokens": 64, "temperature": 0.0,
+                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                                          {"type": "text", "text": prompt}]}]}
+        slot = await slots.get()
+        try:
+            r = await clients[slot // n_pool].post("/chat/completions", json=body)
+        finally:
+            slots.put_nowait(slot)
+        r.raise_for_status()
+        return r.json()["choices"][0]["message"]["content"]
+
+    clients = [httpx.AsyncClient(base_url=base_url, limits=limits, timeout=120)
+               for _ in range(-(-concurrency // n_pool))]
+    try:
+        out = await asyncio.gather(*(one(clients, u, p) for u, p in zip(urls, prompts)))
+    finally:
+        for c in clients:
+            await c.aclose()
+    return sum(o == "a photo" for o in out)
+
+
+def fmt(load: tuple[float, ...]) -> str:
+    return ", ".join(f"{x:.2f}" for x in load)
+
+
 def measure(fn) -> tuple[float, float, object]:
     c0, t0 = time.process_time(), time.perf_counter()
     out = fn()
@@ -106,6 +144,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--distinct", type=int, default=300, help="distinct image files the requests cycle through")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3, help="measured runs per client (interleaved); medians reported")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # internal: run the server on this port
     args = ap.parse_args()
@@ -116,6 +155,7 @@ def main() -> None:
     from cirflow.models.mllm.protocol import ChatRequest
     from cirflow.schemas.mllm import MLLMConfig, SamplingParams
 
+    load_before = os.getloadavg()  # the box is shared: the load goes into the report
     port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
     base_url = f"http://127.0.0.1:{port}/v1"
@@ -142,17 +182,29 @@ def main() -> None:
                 urls = [data[p] for p in img_paths]  # encoded once per distinct file, outside the timing
                 return measure(lambda: asyncio.run(floor_run(base_url, urls, prompts, args.concurrency)))
 
+            def floor8():
+                data = {p: "data:image/jpeg;base64," + base64.b64encode(Path(p).read_bytes()).decode() for p in paths}
+                urls = [data[p] for p in img_paths]
+                return measure(lambda: asyncio.run(floor8_run(base_url, urls, prompts, args.concurrency)))
+
             def ours():
                 return measure(lambda: sum(r.status == "ok" for r in mllm.generate(requests, progress=False)))
 
             # warm-up: connections, imports, thread pools, page cache for the images
             asyncio.run(floor_run(base_url, [f"data:,{i}" for i in range(64)], prompts[:64], args.concurrency))
+            asyncio.run(floor8_run(base_url, [f"data:,{i}" for i in range(64)], prompts[:64], args.concurrency))
             mllm.generate(requests[: min(256, len(requests))], progress=False)
+            runs: dict[str, list[tuple[float, float, int]]] = {"floor": [], "floor8": [], "ours": []}
+            for _ in range(args.repeats):  # interleaved, so a change in the shared box's load hits every client
+                for name, fn in (("floor", floor), ("floor8", floor8), ("ours", ours)):
+                    runs[name].append(fn())
             results = {}
-            for name, fn in (("floor", floor), ("ours", ours)):
-                wall, cpu, ok = fn()
-                results[name] = {"wall_s": wall, "cpu_s": cpu, "ok": ok, "req_per_s": args.requests / wall,
-                                 "cpu_s_per_1000": cpu / args.requests * 1000}
+            for name, rs in runs.items():
+                wall = statistics.median(r[0] for r in rs)
+                cpu = statistics.median(r[1] for r in rs)
+                results[name] = {"wall_s": wall, "cpu_s": cpu, "ok": min(r[2] for r in rs),
+                                 "req_per_s": args.requests / wall, "cpu_s_per_1000": cpu / args.requests * 1000,
+                                 "runs_wall_s": [round(r[0], 3) for r in rs], "runs_cpu_s": [round(r[1], 3) for r in rs]}
             jpeg_kb = float(np.mean([os.path.getsize(p) for p in paths]) / 1024)
     finally:
         server.terminate()
@@ -160,23 +212,30 @@ def main() -> None:
 
     ratio = results["floor"]["req_per_s"] / results["ours"]["req_per_s"]
     cpu_ratio = results["ours"]["cpu_s_per_1000"] / results["floor"]["cpu_s_per_1000"]
+    ratio8 = results["floor8"]["req_per_s"] / results["ours"]["req_per_s"]
+    cpu_ratio8 = results["ours"]["cpu_s_per_1000"] / results["floor8"]["cpu_s_per_1000"]
     print(f"\n{args.requests} requests, concurrency {args.concurrency}, {args.distinct} distinct 640x480 JPEGs "
           f"(mean {jpeg_kb:.0f} KB), {os.cpu_count()} CPUs\n")
-    print("| client | req/s | wall s | client CPU s / 1000 req | ok |")
-    print("|---|---:|---:|---:|---:|")
-    for name, label in (("floor", "raw httpx asyncio (floor)"), ("ours", "cirflow HttpMLLM")):
+    print(f"median of {args.repeats} interleaved runs; load average before/after: {fmt(load_before)} / {fmt(os.getloadavg())}")
+    print("| client | req/s | wall s | client CPU s / 1000 req | ok | wall s per run |")
+    print("|---|---:|---:|---:|---:|---|")
+    for name, label in (("floor", "raw httpx asyncio, one pool of --concurrency (floor)"),
+                        ("floor8", "raw httpx asyncio, pools of 8 (floor8)"), ("ours", "cirflow HttpMLLM")):
         r = results[name]
-        print(f"| {label} | {r['req_per_s']:.0f} | {r['wall_s']:.2f} | {r['cpu_s_per_1000']:.2f} | {r['ok']} |")
+        print(f"| {label} | {r['req_per_s']:.0f} | {r['wall_s']:.2f} | {r['cpu_s_per_1000']:.2f} | {r['ok']} | {r['runs_wall_s']} |")
     print(f"\nfloor / ours (req/s) = {ratio:.3f}; ours / floor (CPU per request) = {cpu_ratio:.3f}")
+    print(f"floor8 / ours (req/s) = {ratio8:.3f}; ours / floor8 (CPU per request) = {cpu_ratio8:.3f}")
     report = {"requests": args.requests, "concurrency": args.concurrency, "distinct_images": args.distinct,
               "mean_jpeg_kb": jpeg_kb, "results": results, "floor_over_ours": ratio, "cpu_ours_over_floor": cpu_ratio,
-              "env": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "httpx": httpx.__version__}}
+              "floor8_over_ours": ratio8, "cpu_ours_over_floor8": cpu_ratio8,
+              "repeats": args.repeats,
+              "load_before": load_before, "load_after": os.getloadavg(), "env": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "httpx": httpx.__version__}}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"http_client-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2))
     print(f"wrote {path}")
-    if results["ours"]["ok"] != args.requests or results["floor"]["ok"] != args.requests:
+    if any(r["ok"] != args.requests for r in results.values()):
         raise SystemExit(1)
 
 

@@ -28,14 +28,16 @@ t0 = time.perf_counter()
 from cirflow.flows import registry
 from cirflow.flows.plan import answer_from_store, plan_config
 cfg = registry.load_config(sys.argv[1], None)
-registry.get(cfg.method).flow  # the method's flow module: torch, open_clip, Prefect
+registry.get(cfg.method).flow  # the method's flow module (its stages import torch / Prefect only to compute)
 t1 = time.perf_counter()
 plan = plan_config(cfg)
 t2 = time.perf_counter()
 answer_from_store(cfg)
 t3 = time.perf_counter()
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "prefect", "open_clip", "transformers", "diffusers",
+                                                         "ray"})
 print(json.dumps({"imports_s": round(t1 - t0, 3), "plan_s": round(t2 - t1, 3), "shortcut_s": round(t3 - t2, 3),
-                  "nothing_to_compute": plan.nothing_to_compute}))
+                  "nothing_to_compute": plan.nothing_to_compute, "heavy_imported": heavy}))
 """
 
 
@@ -63,6 +65,7 @@ def main() -> int:
     import yaml
 
     from cirflow.demo.run import demo_configs
+    from cirflow.flows import registry
     from cirflow.flows.plan import answer_from_store
 
     work = Path(args.workdir)
@@ -71,12 +74,13 @@ def main() -> int:
         path = work / f"{cfg.benchmark.name}.yaml"
         path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
         paths.append(path)
-        answer_from_store(cfg)  # fills the store (the flow body without Prefect); a no-op when warm
+        # fills the store (the flow body without Prefect; a no-op when warm), from the very file the rows run
+        answer_from_store(registry.load_config(path))
     # where the time of one fresh process goes: imports vs the planner's own work vs the shortcut's
     split = subprocess.run([sys.executable, "-c", SPLIT, str(paths[-1])], capture_output=True, text=True)
     breakdown = (json.loads(split.stdout.strip().splitlines()[-1]) if split.returncode == 0
                  else {"error": split.stderr[-500:]})
-    print(f"one fresh process, {paths[-1].stem}: {breakdown}")
+    print(f"one fresh process, {paths[-1].stem}: {breakdown} (load average {os.getloadavg()[0]:.1f})")
     if args.split_only:
         return 0
     cli = [sys.executable, "-m", "cirflow.cli.main"]
@@ -90,6 +94,8 @@ def main() -> int:
     for name, cmd in rows:
         med, runs = wall(cmd, 1 if name.startswith("--record") else args.repeats)
         results.append({"what": name, "median_s": round(med, 2), "runs": [round(r, 2) for r in runs]})
+    print(f"nproc {os.cpu_count()}, load average (1, 5, 15 min) {os.getloadavg()}: the box is shared; "
+          "heavy load inflates every row")
     print("| command (warm demo store) | median wall s | runs |")
     print("|---|---:|---|")
     for r in results:

@@ -11,8 +11,9 @@ def register(sub) -> None:
     p.add_argument("kind", choices=build_kinds())
     p.add_argument("config", help="YAML build config")
     p.add_argument("--json", action="store_true", help="print the build summary as JSON")
-    from cirflow.cli.run import add_plan_flags
+    from cirflow.cli.run import add_plan_flags, add_retry_flag
 
+    add_retry_flag(p)
     add_plan_flags(p)
     p.set_defaults(func=run)
 
@@ -27,4 +28,5 @@ def run(args) -> int:
     from cirflow.cli.run import run_file
     from cirflow.flows.registry import BUILD_PREFIX
 
-    return run_file(args.config, BUILD_PREFIX + args.kind, as_json=args.json, plan=args.plan, record=args.record)
+    return run_file(args.config, BUILD_PREFIX + args.kind, as_json=args.json, retry_failed=args.retry_failed,
+                    plan=args.plan, record=args.record)

@@ -1,4 +1,5 @@
-"""What the console shows: the CLI's own lines and one progress display per stage, not every library's logs.
+"""What the console shows: the CLI's own lines and one progress display per command (a line per running stage,
+`cirflow.schemas.progress`), not every library's logs or bars.
 
 `configure` runs before Prefect, transformers or tqdm are imported: those read their settings from the
 environment at import time. A variable the user set keeps its value."""
@@ -7,12 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
+from contextlib import contextmanager
+from typing import Iterator
 
-
-def interactive() -> bool:
-    """Progress bars only on a terminal: piped output would get one line per bar refresh."""
-    return sys.stdout.isatty() and sys.stderr.isatty()
+from cirflow.schemas.progress import interactive  # bars only on a terminal (imports nothing heavy)
 
 
 def configure(verbose: bool = False) -> None:
@@ -22,11 +21,16 @@ def configure(verbose: bool = False) -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "info" if verbose else "error")
-    if not interactive():
-        os.environ.setdefault("TQDM_DISABLE", "1")  # bars a caller did not switch off itself (tqdm reads TQDM_*)
+    # Prefect's client telemetry prints a first-run notice on a terminal (and would call home); like the server's
+    # analytics (cli/main.py), off unless the user sets it
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    # every library's own tqdm bar (datasets' "Map", a download): on a terminal it would stack under the stage
+    # lines, piped it prints a line per refresh. cirflow's progress is rich's display (tqdm reads TQDM_* itself)
+    os.environ.setdefault("TQDM_DISABLE", "1")
     if not verbose:
         for name in ("prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).addFilter(no_user_error_traceback)
+    quiet_diffusers()  # libraries a command imported already; model loaders call it again after their imports
 
 
 def no_user_error_traceback(record: logging.LogRecord) -> bool:
@@ -45,12 +49,23 @@ def progress(as_json: bool) -> bool:
     return not as_json and interactive()
 
 
+@contextmanager
+def live(args) -> Iterator[None]:
+    """The command's one progress display: each running stage is a line of it (no display for --json or off a
+    terminal). rich is imported only when it draws."""
+    from cirflow.schemas.progress import display
+
+    with display(enabled=progress(bool(getattr(args, "json", False)))):
+        yield
+
+
 def quiet_diffusers() -> None:
-    """diffusers' own loading bar ignores HF_HUB_DISABLE_PROGRESS_BARS; switch it off where diffusers is loaded."""
-    if "diffusers" in sys.modules:
-        from diffusers.utils import logging as dlog
+    """Weight-loading bars (transformers, diffusers, huggingface_hub) would stack under the stage lines. Only
+    libraries already imported are touched: importing torch or diffusers just to silence them would cost seconds
+    on every command (`--plan`). diffusers ignores HF_HUB_DISABLE_PROGRESS_BARS, so its loaders call this too."""
+    from cirflow.schemas.progress import quiet_libraries
 
-        dlog.disable_progress_bar()
+    quiet_libraries()
 
 
-__all__ = ["configure", "interactive", "progress", "quiet_diffusers"]
+__all__ = ["configure", "interactive", "live", "progress", "quiet_diffusers"]

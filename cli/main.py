@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
 
     console.configure(args.verbose)  # before any subcommand imports Prefect or a model library
     try:
-        code = int(args.func(args) or 0)
+        with console.live(args):  # one progress display for the whole command
+            code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe raises here, inside the handler, not in the interpreter's exit flush
         return code
     except BrokenPipeError:
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except CirflowError as e:
+        if getattr(e, "run_folder", ""):  # a run stopped by a failed stage still wrote its folder (StageFailed)
+            print(f"run folder: {e.run_folder} (report.html)", flush=True)
         print(f"cirflow: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

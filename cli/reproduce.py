@@ -1,6 +1,7 @@
 """`cirflow reproduce`: the papers' tables beside our numbers (cirflow.flows.reproduce).
 
     cirflow reproduce --list [--json] [PAPER] [--table N]
+    cirflow reproduce PAPER --table N [--row R] --data-root DIR ... --plan [--json]
     cirflow reproduce PAPER --table N --data-root DIR [--models-from DIR] [--server ID=URL] [--store S]
                       [--out DIR] [--split val] [--set KEY=VALUE ...] [--json]
 
@@ -23,6 +24,8 @@ def register(sub) -> None:
     p.add_argument("--table", help="the table's number as the paper writes it (2, IV)")
     p.add_argument("--row", help="only rows whose label contains this text")
     p.add_argument("--list", action="store_true", help="list the registry's entries and whether they run here")
+    p.add_argument("--plan", action="store_true", help="print each row's stages with their key and whether they "
+                   "would be computed, resumed or cached; loads no model, contacts no server, starts nothing")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--data-root", help="folder with cirr/, circo/, fashioniq/, genecis/, ...")
     p.add_argument("--models-from", help="folder with one sub-folder per model id (tables/models.yaml)")
@@ -66,15 +69,44 @@ def run(args) -> int:
         raise ConfigError("name a paper (cirflow reproduce pefuse --table 2 ...) or use --list")
     if not chosen:
         raise ConfigError("no registry entry matches; see `cirflow reproduce --list`")
+    if args.plan:
+        return print_plans(chosen, env, args.json)
+    from cirflow.flows.reproduce.runner import check_row_servers
+
+    check_row_servers(chosen, env)  # a row that must compute with its server down: one line, before Prefect
     from cirflow.flows.reproduce.flow import reproduce
     from cirflow.cli.console import progress
 
     stem = f"{args.paper}-table{args.table or 'all'}"
-    results = reproduce(chosen, env, key=stem.lower().replace("_", "-"), progress=progress(args.json))
+    results = reproduce(chosen, env, key=stem.lower().replace("_", "-"), progress=progress(args.json),
+                        servers_checked=True)
     files = report.write(results, args.out, stem)
     if args.json:
         print(json.dumps({"results": [r.as_dict() for r in results], "files": files}, indent=1, ensure_ascii=False))
     else:
         print(report.markdown(results))
         print(f"\nwritten: {files['markdown']}, {files['csv']}")
+    return 0
+
+
+def print_plans(chosen: list, env, as_json: bool) -> int:
+    """`--plan`: each distinct run of the chosen rows with its stages (flows/plan.py's plan and printout)."""
+    from cirflow.flows.plan import plan_doc, print_plan
+    from cirflow.flows.reproduce.runner import plan_rows
+
+    rows = plan_rows(chosen, env)
+    if as_json:
+        print(json.dumps([{"paper": r.entries[0].paper, "table": r.entries[0].table, "row": r.entries[0].row,
+                           "metrics": [e.column for e in r.entries], "why_not": r.why_not,
+                           "plan": plan_doc(r.plan, r.cfg) if r.plan is not None else None} for r in rows],
+                         indent=1, ensure_ascii=False))
+        return 0
+    for r in rows:
+        e = r.entries[0]
+        print(f"== {e.paper} table {e.table} / {e.row} ({', '.join(x.column for x in r.entries)})")
+        if r.plan is None:
+            print(f"  not runnable: {r.why_not}" if not r.why_not.startswith(("not runnable", "server-evaluated"))
+                  else f"  {r.why_not}")
+        else:
+            print_plan(r.plan, r.cfg, False)
     return 0

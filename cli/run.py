@@ -8,10 +8,15 @@ def register(sub) -> None:
     p = sub.add_parser("run", help="run a method (config-driven) under Prefect")
     p.add_argument("config", help="YAML run config (its `method` picks the flow)")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="recompute the failed rows of stored complete artifacts (the ok rows are kept)")
+    add_retry_flag(p)
     add_plan_flags(p)
     p.set_defaults(func=run)
+
+
+def add_retry_flag(p) -> None:
+    """`--retry-failed`, the same on every command that runs stages (run, compare, sweep, build)."""
+    p.add_argument("--retry-failed", action="store_true",
+                   help="recompute the failed rows of stored complete artifacts (the ok rows are kept)")
 
 
 def add_plan_flags(p) -> None:
@@ -33,11 +38,16 @@ def run_file(path: str, method: str | None = None, as_json: bool = False, retry_
 
     cfg = registry.load_config(path, method)
     m = registry.get(cfg.method)
-    m.preflight(cfg, path)  # one-line errors before Prefect starts or any model loads
-    from cirflow.cli.console import progress
+    from cirflow.flows.method import check_servers_if_needed, deferred_servers
 
+    with deferred_servers() as servers:  # model servers are checked below, only if the run will ask them
+        m.preflight(cfg, path)  # one-line errors before Prefect starts or any model loads
+    from cirflow.cli.console import progress
+    from cirflow.flows.plan import plan_config
+
+    planned = None
     if plan or not (record or retry_failed):
-        from cirflow.flows.plan import answer_from_store, plan_config, print_plan
+        from cirflow.flows.plan import answer_from_store, print_plan
 
         planned = plan_config(cfg)
         if plan:
@@ -46,6 +56,9 @@ def run_file(path: str, method: str | None = None, as_json: bool = False, retry_
         if planned.nothing_to_compute:  # the stored summary, without starting Prefect (flows/plan.py)
             m.report(answer_from_store(cfg, progress=progress(as_json)), as_json)
             return 0
+    if servers and planned is None:
+        planned = plan_config(cfg)
+    check_servers_if_needed(servers, planned, retry_failed)
     doc = run_config(cfg, progress=progress(as_json), retry_failed=retry_failed)
     m.report(doc, as_json)
     return 0
@@ -62,11 +75,19 @@ def run_config(cfg, progress: bool = True, retry_failed: bool = False) -> dict:
         return FLOWS[cfg.method](cfg.model_dump(mode="json"), progress=progress)
 
 
-def preflight(cfg, source: str = "config") -> None:
-    """The config's method's preflight (cirflow.flows.method.Method.preflight)."""
+def preflight(cfg, source: str = "config", retry_failed: bool = False) -> None:
+    """The config's method's preflight (cirflow.flows.method.Method.preflight) for callers that run the flow
+    themselves (deployments, `cirflow reproduce`): its model servers are checked only when the plan says a stage
+    that asks them would compute (`run_file`'s deferral), so a fully cached run never needs its server."""
     from cirflow.flows import registry
+    from cirflow.flows.method import check_servers_if_needed, deferred_servers
 
-    registry.get(cfg.method).preflight(cfg, source)
+    with deferred_servers() as servers:
+        registry.get(cfg.method).preflight(cfg, source)
+    if servers:
+        from cirflow.flows.plan import plan_config
+
+        check_servers_if_needed(servers, plan_config(cfg), retry_failed)
 
 
 def print_summary(doc: dict, as_json: bool) -> None:

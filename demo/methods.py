@@ -5,11 +5,14 @@ Each demo writes a real run config to <workdir>/configs/<method>.yaml (edit it, 
 that file with `cirflow.cli.run.run_file`: the same preflight, store-first planning, flow and report as a user's
 own config. Random weights give near-chance numbers and mostly unusable texts (counted as failed rows, reported,
 never a reason to stop: `max_failure_rate: 1.0`); the demos show the pipeline and its stages, not a result.
+JSON answers (IP-CIR's layouts, MTCIR's modification texts) are decoded under their schema by the in-process
+backend (models/mllm/constrained.py), so even random weights write valid JSON within the token budget: IP-CIR
+draws proxies from the layouts whose boxes happen to be ordered, and the MTCIR build ends with a release.
 
 Models per method (built once into <workdir>/models, reused by every demo):
   pefuse       tiny Qwen2.5-VL + tiny OpenCLIP + tiny InstructPix2Pix (mode i2i: the query is a generated image)
   cirevl/ldre  tiny Qwen2.5-VL + tiny OpenCLIP
-  ip_cir       tiny Qwen2.5-VL + tiny OpenCLIP + tiny GLIGEN (proxy images drawn from planned layouts)
+  ip_cir       tiny Qwen2.5-VL + tiny OpenCLIP + tiny GLIGEN (proxy images drawn from the planned layouts)
   refine       tiny Qwen2.5-VL + tiny OpenCLIP
   build_*      tiny Qwen2.5-VL (+ tiny OpenCLIP for MTCIR's similarity pairing) over a folder of mini-benchmark
                images sorted by shape (the meta-class)
@@ -88,13 +91,17 @@ def demo_config(method: str, workdir: str | Path) -> dict:
     for name, text in PROMPTS.items():
         (prompts / name).write_text(text)
     p = {k.removesuffix(".txt"): str(prompts / k) for k in PROMPTS}
-    mllm = {"backend": "transformers", "model": models["mllm"], "device": "cpu", "dtype": "float32"}
+    # structured_outputs forced on: the in-process constrained decoder is off by default (slow on real
+    # vocabularies) but instant on the tiny one, and it is what lets random weights write valid layouts
+    mllm = {"backend": "transformers", "model": models["mllm"], "device": "cpu", "dtype": "float32",
+            "structured_outputs": True}
     encoder = {"model": f"local-dir:{models['encoder']}", "device": "cpu", "num_workers": 0} if "encoder" in models \
         else None
     store = str(workdir / "store")
 
     if method.startswith("build_"):
         cfg = {"method": method, "name": f"demo-{method.replace('_', '-')}", "store": store,
+               "output_dir": str(workdir / "runs"),
                "collection": {"kind": "folder", "uri": str(_collection(workdir, roots["cirr"])),
                               "meta_class_from": "top_dir"},
                "mllm": mllm, "captions": {"sampling": SHORT, "shard_size": 8},
@@ -103,10 +110,9 @@ def demo_config(method: str, workdir: str | Path) -> dict:
             # random-weight CLIP similarities are not CIRR-like: accept every neighbour so groups form
             cfg |= {"encoder": encoder, "pairing": {"group_size": 3, "min_similarity": -1.0, "max_similarity": 1.0,
                                                     "spacing": 0.0, "exclusive": True},
-                    "texts": {"sampling": SHORT | {"max_tokens": 8}, "shard_size": 8}}
-            # MTCIR's texts are JSON answers: a random-weight model writes none, every pair fails (counted), and
-            # a release of zero triplets is refused; the demo shows the stages and their counts instead
-            del cfg["release"]
+                    # MTCIR's texts are JSON answers, decoded under their schema: a budget that leaves the random
+                    # model a few words per text (keys and category take most of it), so texts pass max_words
+                    "texts": {"sampling": SHORT | {"max_tokens": 80}, "shard_size": 8}}
         elif method == "build_instructcir":
             cfg |= {"pairing": {"within": "meta_class", "pairs_per_image": 1, "seed": 0},
                     "texts": {"sampling": SHORT, "shard_size": 8}}
@@ -134,8 +140,12 @@ def demo_config(method: str, workdir: str | Path) -> dict:
     if method == "ldre":
         cfg["ldre"] = {"n_captions": 2, "caption_sampling": {"temperature": 1.0, "top_p": 0.9, "max_tokens": 6}}
     if method == "ip_cir":
-        cfg["ip_cir"] = {"baseline": "cirevl", "layout_prompt": p["layout"], "max_attempts": 1,
-                         "layout_sampling": {"temperature": 0.0, "max_tokens": 8},
+        # layouts decoded under their schema, texts capped at 4 characters: 240 tokens hold two or three
+        # instances. Sampled, because a greedy random model writes the same digit four times (a box of zero
+        # width); several instances and three attempts, because few random boxes have x1 < x2 and y1 < y2
+        cfg["ip_cir"] = {"baseline": "cirevl", "layout_prompt": p["layout"], "max_attempts": 3,
+                         "layout_text_chars": 4,
+                         "layout_sampling": {"temperature": 1.0, "max_tokens": 240, "seed": 0},
                          "proxies": {"pipeline": "gligen_text_box", "model": models["gligen"], "device": "cpu",
                                      "steps": 2, "resolution": 32, "guidance": 2.0, "num_proxies": 2, "seed": 0}}
     return cfg

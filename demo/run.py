@@ -34,6 +34,9 @@ def demo_configs(workdir: str | Path) -> list[RunBase]:
 
 def run_demo(workdir: str | Path, progress: bool = True) -> dict:
     from cirflow.cli.run import run_config
+    from cirflow.flows.plan import answer_from_store, plan_config
     from cirflow.flows.summary import merge
 
-    return merge([run_config(cfg, progress=progress) for cfg in demo_configs(workdir)])
+    # a warm demo answers from the store, as `cirflow run` does: nothing to compute starts no Prefect server
+    return merge([answer_from_store(cfg, progress=progress) if plan_config(cfg).nothing_to_compute
+                  else run_config(cfg, progress=progress) for cfg in demo_configs(workdir)])

@@ -17,6 +17,7 @@ and released as soon as no later stage of the build needs them.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from typing import Literal
 
 from pydantic import Field
@@ -39,6 +40,7 @@ from cirflow.schemas.encoder import EncoderConfig
 from cirflow.schemas.mllm import MLLMConfig
 from cirflow.schemas.names import Name
 from cirflow.schemas.paths import LocalPath
+from cirflow.schemas.progress import group as progress_group
 from cirflow.storage import Artifact, ArtifactStore
 from cirflow.tasks.wrappers import (
     caption_collection_task,
@@ -51,7 +53,7 @@ from cirflow.tasks.wrappers import (
     random_pairs_task,
     release_task,
 )
-from prefect import flow
+from cirflow.tasks.lazy_prefect import flow  # Prefect on first real run: `--plan` never imports it
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -68,6 +70,10 @@ class _BuildBase(Strict):
     check_shard_size: int = Field(256, ge=1)
     gpu_limit: str | None = None  # Prefect global concurrency limit gating local GPU model loads (flows/gpu.py)
     release: ReleaseConfig | None = None
+    output_dir: LocalPath = ".cirflow/runs"  # the build's run folder: summary.json, report.html (as RunBase's)
+    # failed captions / texts are data a build filters out (default 1.0: it never stops for them); below 1.0 the
+    # share of failed items above which a captioning or text stage stops the build (exit 3, run folder written)
+    max_failure_rate: float = Field(1.0, ge=0.0, le=1.0)
 
     def cache_root(self) -> str:
         return self.cache or self.store.rstrip("/") + "/_llm_cache"
@@ -112,16 +118,47 @@ def _models(pool: ModelPool, cfg) -> tuple[CachedMLLM, CachedMLLM]:
     return mllm, llm
 
 
-def _summary(cfg, arts: dict[str, Artifact], models: list[CachedMLLM], release_dir: str | None) -> dict:
+@contextmanager
+def _folder_on_failure(cfg):
+    """A build stopped by a stage over its failure threshold (StageFailed, exit 3) still writes its run folder:
+    what it committed, and the failed stage's rows with their reasons (report.html); the error is raised again."""
+    from cirflow.tasks.stage import StageFailed, record_artifacts
+
+    with record_artifacts() as done:
+        try:
+            yield
+        except StageFailed as e:
+            from cirflow.flows.summary import failed_stage
+
+            arts = {a.stage: a for a in done}  # labelled by stage: the build's own names come with its return
+            doc = _summary(cfg, arts, [], None, failed=failed_stage(cfg.name, e))
+            e.run_folder = doc.get("output_dir", "")
+            raise
+
+
+def _summary(cfg, arts: dict[str, Artifact], models: list[CachedMLLM], release_dir: str | None,
+             failed: dict | None = None) -> dict:
     seen, cache = set(), {"hits": 0, "misses": 0, "stored": 0}
     for m in models:
         if id(m) not in seen:
             seen.add(id(m))
             for k, v in m.stats().items():
                 cache[k] += v
-    return {"name": cfg.name, "store": cfg.store,
-            "stages": [{**a.report.as_dict(), "label": name} for name, a in arts.items() if a.report is not None],
-            "artifacts": {name: a.key for name, a in arts.items()}, "llm_cache": cache, "release": release_dir}
+    doc = {"name": cfg.name, "store": cfg.store,
+           "stages": [{**a.report.as_dict(), "label": name} for name, a in arts.items() if a.report is not None],
+           "artifacts": {name: a.key for name, a in arts.items()}, "llm_cache": cache, "release": release_dir}
+    if failed is not None:  # summary.json `status: failed`, the failed stage in the stage table (flows/summary.py)
+        from cirflow.flows.summary import mark_failed
+
+        mark_failed(doc, {**failed, "report": {**failed["report"], "label": failed["stage"]}})
+    from cirflow.tasks import plan_mode
+
+    if plan_mode.active() is not None:  # `--plan` writes nothing (nor imports the report's modules)
+        return doc
+    from cirflow.flows.report_html.build import publish_build
+
+    # the run folder (summary.json naming every key: `store gc` keeps them; report.html), as benchmark runs write
+    return publish_build(cfg, doc)
 
 
 def _release(build: str, cfg, arts: dict[str, Artifact], params: dict) -> str | None:
@@ -139,7 +176,8 @@ def _release(build: str, cfg, arts: dict[str, Artifact], params: dict) -> str | 
 def build_mtcir(config: dict, progress: bool = True) -> dict:
     cfg = MTCIRBuildConfig.model_validate(config)
     store = ArtifactStore(cfg.store, cfg.storage_options)
-    with ModelPool(cfg.gpu_limit) as pool:
+    # the build's name on its stage lines; a stage over its failure threshold still writes the run folder
+    with ModelPool(cfg.gpu_limit) as pool, progress_group(cfg.name), _folder_on_failure(cfg):
         mllm, llm = _models(pool, cfg)
         encoder = pool.add_encoder("encoder", cfg.encoder)
         coll = ingest_collection_task(store, cfg.collection, shard_size=cfg.check_shard_size, progress=progress)
@@ -148,11 +186,11 @@ def build_mtcir(config: dict, progress: bool = True) -> dict:
         pool.release("encoder")  # only embed_images needs it
         pairs = pair_groups_task(store, coll, emb, cfg.pairing)
         caps = caption_collection_task(store, coll, cfg.mllm, cfg.captions, build="mtcir", cache_root=cfg.cache_root(),
-                                       mllm=mllm, progress=progress)
+                                       mllm=mllm, progress=progress, max_failure_rate=cfg.max_failure_rate)
         if llm is not mllm:
             pool.release("mllm")  # the texts go to the separate text LLM
         texts = mtcir_texts_task(store, pairs, caps, cfg.text_llm(), cfg.texts, cache_root=cfg.cache_root(), mllm=llm,
-                                 progress=progress)
+                                 progress=progress, max_failure_rate=cfg.max_failure_rate)
         arts = {"collection": coll, "embeddings": emb, "pairs": pairs, "captions": caps, "texts": texts}
         rel = _release("mtcir", cfg, arts, {"pairing": cfg.pairing.model_dump(), "texts": cfg.texts.model_dump()})
         return _summary(cfg, arts, [mllm, llm], rel)
@@ -162,16 +200,18 @@ def build_mtcir(config: dict, progress: bool = True) -> dict:
 def build_instructcir(config: dict, progress: bool = True) -> dict:
     cfg = InstructCIRBuildConfig.model_validate(config)
     store = ArtifactStore(cfg.store, cfg.storage_options)
-    with ModelPool(cfg.gpu_limit) as pool:
+    # the build's name on its stage lines; a stage over its failure threshold still writes the run folder
+    with ModelPool(cfg.gpu_limit) as pool, progress_group(cfg.name), _folder_on_failure(cfg):
         mllm, llm = _models(pool, cfg)
         coll = ingest_collection_task(store, cfg.collection, shard_size=cfg.check_shard_size, progress=progress)
         pairs = random_pairs_task(store, coll, cfg.pairing)
         caps = caption_collection_task(store, coll, cfg.mllm, cfg.captions, build="instructcir",
-                                       cache_root=cfg.cache_root(), mllm=mllm, progress=progress)
+                                       cache_root=cfg.cache_root(), mllm=mllm, progress=progress,
+                                       max_failure_rate=cfg.max_failure_rate)
         if llm is not mllm:
             pool.release("mllm")  # the texts go to the separate text LLM
         texts = instructcir_texts_task(store, pairs, caps, cfg.text_llm(), cfg.texts, cache_root=cfg.cache_root(),
-                                       mllm=llm, progress=progress)
+                                       mllm=llm, progress=progress, max_failure_rate=cfg.max_failure_rate)
         arts = {"collection": coll, "pairs": pairs, "captions": caps, "texts": texts}
         rel = _release("instructcir", cfg, arts, {"pairing": cfg.pairing.model_dump(), "texts": cfg.texts.model_dump()})
         return _summary(cfg, arts, [mllm, llm], rel)
@@ -181,13 +221,14 @@ def build_instructcir(config: dict, progress: bool = True) -> dict:
 def build_mvft(config: dict, progress: bool = True) -> dict:
     cfg = MVFTBuildConfig.model_validate(config)
     store = ArtifactStore(cfg.store, cfg.storage_options)
-    with ModelPool(cfg.gpu_limit) as pool:
+    # the build's name on its stage lines; a stage over its failure threshold still writes the run folder
+    with ModelPool(cfg.gpu_limit) as pool, progress_group(cfg.name), _folder_on_failure(cfg):
         mllm, _ = _models(pool, cfg)
         coll = ingest_collection_task(store, cfg.collection, shard_size=cfg.check_shard_size, progress=progress)
         texts = mvft_texts_task(store, coll, cfg.mllm, cfg.texts, cache_root=cfg.cache_root(), mllm=mllm,
-                                progress=progress)
+                                progress=progress, max_failure_rate=cfg.max_failure_rate)
         caps = caption_collection_task(store, coll, cfg.mllm, cfg.captions, build="mvft", cache_root=cfg.cache_root(),
-                                       mllm=mllm, progress=progress)
+                                       mllm=mllm, progress=progress, max_failure_rate=cfg.max_failure_rate)
         arts = {"collection": coll, "texts": texts, "captions": caps}
         rel = _release("mvft", cfg, arts, {"texts": cfg.texts.model_dump()})
         return _summary(cfg, arts, [mllm], rel)
@@ -204,6 +245,8 @@ def print_build(doc: dict, as_json: bool) -> None:
               f"{str(s.get('key', ''))[:12]}")
     if doc.get("release"):
         print(f"release: {doc['release']}")
+    if doc.get("output_dir"):
+        print(f"run folder: {doc['output_dir']} (report.html)")
     if doc.get("llm_cache"):  # human-readable, not a Python dict (--json has the dict)
         print("llm cache: " + ", ".join(f"{v} {k}" for k, v in doc["llm_cache"].items()))
 

@@ -18,7 +18,7 @@ from cirflow.flows.summary import print_summary
 from cirflow.schemas.names import Name
 from cirflow.storage import Artifact
 from cirflow.tasks.wrappers import reference_mean_task
-from prefect import flow
+from cirflow.tasks.lazy_prefect import flow  # Prefect on first real run: `--plan` never imports it
 
 STYLE = "cirevl"  # rewrite_caption's edit style: one caption per reference
 

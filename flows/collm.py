@@ -9,26 +9,29 @@ optionally fine-tuned on the MTCIR build, evaluated as a CIR encoder.
 
 Ablations (fig. 7 α / template ratio, table 6c nearest vs random, table 7 LLM backbone) are `variants`: dotted
 fields of this config (`pretrain.loss.alpha`, `pretrain.loss.neighbour`, `model.llm`) whose training keys differ;
-ingest and everything a variant shares come from the store. `encoder.weights: key:<prefix>` evaluates a stored
+ingest and everything a variant shares come from the store; `cirflow compare` takes this config as `base:` and its
+variants as one comparison table (examples/compare_collm_*.yaml, `compare_groups`). `model.vision_tower: blip` makes
+f a transformers BLIP ViT (supp. 9.1). `encoder.weights: key:<prefix>` evaluates a stored
 trained CoLLM without training (e.g. on the refined benchmarks `method: refine` writes).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from cirflow.flows.method import Method
 from cirflow.flows.runs import preflight
 from cirflow.flows.trained_runs import (TrainedEncoderConfig, TrainedRunBase, check_ref, print_report,
-                                        run_trained, run_variants, section_errors, stored, upstream)
+                                        run_trained, run_variants, section_errors, stored, trained_groups,
+                                        upstream)
 from cirflow.schemas.base import Strict
 from cirflow.schemas.builds import CollectionSource
 from cirflow.schemas.errors import ConfigError
-from cirflow.models.collm.model import CoLLMSettings
+from cirflow.schemas.collm import CoLLMSettings  # not models.collm.model: no torch at `--plan`
 from cirflow.schemas.names import Name
-from cirflow.schemas.paths import LocalDirModel, LocalPath, ModelPath
+from cirflow.schemas.paths import LOCAL_DIR, LocalPath, ModelPath, PathField, looks_like_path
 from cirflow.storage import Artifact, ArtifactStore
 from cirflow.tasks.collm import embed_collm_gallery, embed_collm_queries
 from cirflow.tasks.stage import execute
@@ -36,7 +39,13 @@ from cirflow.tasks.training import TrainRuntime, find_trained
 from cirflow.tasks.training.train_collm import (TrainCoLLM, TrainCoLLMTriplets, collm_params, collm_train_config,
                                                 finetune_settings)
 from cirflow.tasks.wrappers import ingest_collection_task, stage_task
-from prefect import flow
+from cirflow.tasks.lazy_prefect import flow  # Prefect on first real run: `--plan` never imports it
+
+
+def _tower_path(value: str) -> bool:
+    """A vision_model that is a folder (a BLIP checkpoint): open_clip names have no "/", hub ids and "local-dir:"
+    a colon."""
+    return looks_like_path(value) or ("/" in value and ":" not in value)
 
 
 class CoLLMModelSection(CoLLMSettings):
@@ -44,7 +53,8 @@ class CoLLMModelSection(CoLLMSettings):
     defaults enter the training key (`settings()`), so spelling a default out changes nothing."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    vision_model: LocalDirModel
+    # an open_clip name / "local-dir:<folder>", or (vision_tower: blip) a BLIP checkpoint folder
+    vision_model: Annotated[str, PathField(prefix=LOCAL_DIR), PathField(when=_tower_path)]
     vision_pretrained: ModelPath | None = None
     llm: LocalPath
 
@@ -106,7 +116,7 @@ class CoLLMConfig(TrainedRunBase):
 
     @model_validator(mode="after")
     def _check(self):
-        from cirflow.models.collm.losses import ContrastiveSettings, PretrainSettings
+        from cirflow.schemas.collm import ContrastiveSettings, PretrainSettings
 
         trains = self.encoder.weights == "trained"
         if trains and (self.model is None or (self.pretrain is None and self.finetune is None)):
@@ -172,6 +182,12 @@ def trained_model(store: ArtifactStore, cfg: CoLLMConfig, progress: bool) -> tup
     return model, made
 
 
+def compare_groups(store: ArtifactStore, cfg: CoLLMConfig, pool, progress: bool) -> list:
+    """A `cirflow compare` row (fig. 7, tables 6c, 7): this config's training and evaluation per group."""
+    return trained_groups(store, cfg, pool, progress, trained_model, embed_collm_gallery.EmbedCoLLMGallery,
+                          embed_collm_gallery_task, embed_collm_queries_task, query=cfg.encoder.query)
+
+
 def run_one(cfg: CoLLMConfig, progress: bool) -> dict:
     doc, model = run_trained(cfg, progress, trained_model, embed_collm_gallery.EmbedCoLLMGallery,
                              embed_collm_gallery_task, embed_collm_queries_task, query=cfg.encoder.query)
@@ -191,8 +207,13 @@ def collm_preflight(cfg: CoLLMConfig, source: str) -> None:
     preflight(cfg, source)
     if cfg.encoder.weights == "trained" and not (Path(cfg.model.llm) / "config.json").is_file():
         raise ConfigError(f"{source}: model.llm {cfg.model.llm} is not a local transformers model folder")
+    m = cfg.model
+    blip = cfg.encoder.weights == "trained" and m.vision_tower == "blip"
+    if blip and not (Path(m.vision_model) / "config.json").is_file():
+        raise ConfigError(f"{source}: model.vision_model {m.vision_model} is not a local BLIP checkpoint folder "
+                          "(vision_tower: blip)")
 
 
-COLLM = Method("collm", CoLLMConfig, collm, collm_preflight, print_report)
+COLLM = Method("collm", CoLLMConfig, collm, collm_preflight, print_report, compare_groups=compare_groups)
 
 __all__ = ["COLLM", "CoLLMConfig", "collm", "run_one", "trained_model"]

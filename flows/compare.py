@@ -15,6 +15,8 @@ from pydantic import Field, model_validator
 from cirflow.evaluation.api import check_metrics
 from cirflow.flows.method import Method
 from cirflow.flows.models import ModelPool
+from cirflow.flows.collm import CoLLMConfig
+from cirflow.flows.instructcir import InstructCIRConfig
 from cirflow.flows.mvft_ji import MVFTJIConfig
 from cirflow.flows.pefuse import PefuseConfig, gallery_features, query_features
 from cirflow.flows.pefuse import _preflight as run_preflight
@@ -28,19 +30,21 @@ from cirflow.schemas.names import Name
 from cirflow.storage import Artifact, ArtifactStore
 from cirflow.tasks.distributed import partitions
 from cirflow.tasks.runs.retrieve import ScoreTerm
+from cirflow.schemas.progress import group as progress_group
 from cirflow.tasks.stage import failure_policy
 from cirflow.tasks.wrappers import evaluate_task, fuse_scores_task
-from prefect import flow
+from cirflow.tasks.lazy_prefect import flow  # Prefect on first real run: `--plan` never imports it
 
 
 class CompareConfig(Strict):
     """A base run config plus what varies: modes × encoders, and fused rows of several modes (a PEFUSE base);
-    `variants`, rows of dotted overrides on the base (any base, e.g. MVFT-JI's table 4 ablations)."""
+    `variants`, rows of dotted overrides on the base (any base, e.g. MVFT-JI's table 4 ablations, CoLLM's fig. 7 /
+    tables 6c, 7 and InstructCIR's tables IV, V: trainings whose keys differ, the rest read from the store)."""
 
     method: Literal["compare"] = "compare"
     name: Name = "compare"
     # the base run's method picks its config class (a base without `method:` is a PEFUSE run)
-    base: Annotated[PefuseConfig | MVFTJIConfig, Field(discriminator="method")]
+    base: Annotated[PefuseConfig | MVFTJIConfig | CoLLMConfig | InstructCIRConfig, Field(discriminator="method")]
     modes: list[Mode] = Field(default_factory=lambda: ["t2i"])
     encoders: list[EncoderConfig] = Field(default_factory=list)  # default: the base config's encoder
     fusions: list[FusionSpec] = Field(default_factory=list)
@@ -68,6 +72,9 @@ class CompareConfig(Strict):
                                  "by `variants` (dotted overrides)")
             if self.sweep is not None:
                 raise ValueError(f"sweeps run on a PEFUSE base, not {self.base.method}")
+            if getattr(self.base, "variants", None):
+                raise ValueError(f"the {self.base.method} base has `variants` of its own: list them in the "
+                                 "comparison's `variants`")
             return self
         for f in self.fusions:
             missing = set(f.terms) - set(self.modes)
@@ -109,6 +116,9 @@ def _compare(cc: CompareConfig, progress: bool) -> dict:
     if isinstance(base, MVFTJIConfig):
         _mvft_variants(store, cc, report, progress)
         return report.publish(store)
+    if (groups := _compare_groups(base)) is not None:
+        _trained_variants(store, cc, report, progress, groups)
+        return report.publish(store)
     with ModelPool(base.gpu_limit) as pool:
         add_models(pool, base)  # MLLM and diffusion shared by every variant
         for enc in cc.encoders or [base.encoder]:
@@ -119,7 +129,8 @@ def _compare(cc: CompareConfig, progress: bool) -> dict:
                 terms: dict[str, ScoreTerm] = {}
                 for mode in cc.modes:
                     cfg = cfg_e.model_copy(update={"mode": mode})
-                    arts, terms[mode] = _variant(store, cfg, group, pool, progress)
+                    with progress_group(f"{mode} · {label}"):  # the row and group on its stages' progress lines
+                        arts, terms[mode] = _variant(store, cfg, group, pool, progress)
                     report.add(encoder_label(cfg), mode.upper().replace("2", "→"), label, arts)
                 for f in cc.fusions:
                     bench = ingest(store, cfg_e, group)
@@ -132,7 +143,8 @@ def _compare(cc: CompareConfig, progress: bool) -> dict:
             cfg = v.apply(base)
             add_models(pool, cfg)  # a variant's own models; unchanged slots stay loaded
             for group in base.benchmark.groups():
-                arts, _ = _variant(store, cfg, group, pool, progress)
+                with progress_group(f"{v.name} · {base.benchmark.label(group)}"):
+                    arts, _ = _variant(store, cfg, group, pool, progress)
                 report.add(encoder_label(cfg), v.name, base.benchmark.label(group), arts)
     return report.publish(store)
 
@@ -154,8 +166,30 @@ def _mvft_variants(store: ArtifactStore, cc: CompareConfig, report: ComparisonRe
                 label = f"{Path(cfg.encoder.base).name}:{cfg.encoder.weights}"
                 row = v.name if len(seeds) == 1 else f"{v.name} (seed {seed})"
                 for group in cfg.benchmark.groups():
-                    arts = run_group(store, cfg, group, pool, progress, folder, made)
+                    with progress_group(f"{row} · {cfg.benchmark.label(group)}"):
+                        arts = run_group(store, cfg, group, pool, progress, folder, made)
                     report.add(label, row, cfg.benchmark.label(group), arts, seed=seed)
+
+
+def _compare_groups(base):
+    """The base method's comparison hook (Method.compare_groups: collm, instructcir), or None."""
+    from cirflow.flows import registry
+
+    return registry.get(base.method).compare_groups
+
+
+def _trained_variants(store: ArtifactStore, cc: CompareConfig, report: ComparisonReport, progress: bool,
+                      groups) -> None:
+    """Rows of a trained-model method (CoLLM fig. 7 / tables 6c, 7; InstructCIR tables IV, V): each variant's
+    training(s) and evaluation; a variant that changes only a training key retrains, and ingest (and whatever
+    else its key leaves unchanged) is read from the store."""
+    with ModelPool(cc.base.gpu_limit) as pool:
+        for v in cc.variants or [VariantSpec(name=cc.base.name)]:
+            cfg = v.apply(cc.base)
+            with progress_group(v.name):  # "<variant> · <group>" on its stages' progress lines
+                rows = groups(store, cfg, pool, progress)
+            for label, arts in rows:
+                report.add(cfg.method, v.name, label, arts)
 
 
 @flow(name="sweep")
@@ -192,6 +226,13 @@ def _compare_preflight(cc: CompareConfig, source: str) -> None:
 
         for v in cc.variants or [VariantSpec(name="base")]:
             mvft_preflight(v.apply(cc.base), f"{source} ({v.name})")
+        return
+    if _compare_groups(cc.base) is not None:
+        from cirflow.flows import registry
+
+        check = registry.get(cc.base.method).preflight
+        for v in cc.variants or [VariantSpec(name="base")]:
+            check(v.apply(cc.base), f"{source} ({v.name})")
         return
     run_preflight(cc.base, source)
 

@@ -37,9 +37,14 @@ def run_deployment(config: dict, progress: bool = False) -> dict:
     """Run the flow the config's `method` names (FLOWS[method]) with that config."""
     from cirflow.flows import FLOWS
 
+    from cirflow.cli.run import preflight
+
     method = config.get("method") or DEFAULT_METHOD
     if method not in FLOWS:
         raise CirflowError(f"unknown method {method!r}: registered flows are {', '.join(sorted(FLOWS))}")
+    # each scheduled run checks its inputs and, only when a stage would ask them, its model servers: one-line
+    # BackendUnavailable before the method's flow loads a model; a fully cached run never contacts a server
+    preflight(registry.parse_config({**config, "method": method}, "deployment config"), "deployment config")
     return FLOWS[method](config, progress=progress)
 
 

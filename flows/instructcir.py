@@ -9,7 +9,8 @@ encoder.
 
 Table IV's scaling curve is a set of `variants` over `data.limit` (nested prefixes of one stored build: 16000,
 32000, ...); table V's ablations are variants `model.ema: false` (w/o EMA) and `model.ema: false` +
-`model.cross_attention: false` (w/o CrossAtt., plain CLIP). `combiner: null` evaluates stage one's e_r alone.
+`model.cross_attention: false` (w/o CrossAtt., plain CLIP); as one comparison table: `cirflow compare` with this
+config as `base:` (examples/compare_instructcir_*.yaml). `combiner: null` evaluates stage one's e_r alone.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from pydantic import ConfigDict, Field, model_validator
 from cirflow.flows.method import Method
 from cirflow.flows.runs import preflight
 from cirflow.flows.trained_runs import (TrainedEncoderConfig, TrainedRunBase, check_ref, print_report,
-                                        run_trained, run_variants, section_errors, stored, upstream)
+                                        run_trained, run_variants, section_errors, stored, trained_groups,
+                                        upstream)
 from cirflow.schemas.base import Strict
 from cirflow.schemas.errors import ConfigError
-from cirflow.models.instructcir.model import InstructCIRSettings
+from cirflow.schemas.instructcir import InstructCIRSettings  # not models.instructcir.model: no torch at `--plan`
 from cirflow.schemas.names import Name
 from cirflow.schemas.paths import LocalDirModel, ModelPath
 from cirflow.storage import Artifact, ArtifactStore
@@ -35,7 +37,7 @@ from cirflow.tasks.training.train_instructcir import TrainInstructCIR, instructc
 from cirflow.tasks.training.train_instructcir_combiner import (TrainInstructCIRCombiner, combiner_params,
                                                               combiner_train_config)
 from cirflow.tasks.wrappers import stage_task
-from prefect import flow
+from cirflow.tasks.lazy_prefect import flow  # Prefect on first real run: `--plan` never imports it
 
 
 class InstructCIRModelSection(InstructCIRSettings):
@@ -138,6 +140,12 @@ def trained_model(store: ArtifactStore, cfg: InstructCIRConfig, progress: bool) 
     return two, [one, two]
 
 
+def compare_groups(store: ArtifactStore, cfg: InstructCIRConfig, pool, progress: bool) -> list:
+    """A `cirflow compare` row (tables IV, V): this config's two trainings and evaluation per group."""
+    return trained_groups(store, cfg, pool, progress, trained_model, embed_instructcir_gallery.EmbedInstructCIRGallery,
+                          embed_gallery_task, embed_queries_task)
+
+
 def run_one(cfg: InstructCIRConfig, progress: bool) -> dict:
     doc, model = run_trained(cfg, progress, trained_model, embed_instructcir_gallery.EmbedInstructCIRGallery,
                              embed_gallery_task, embed_queries_task)
@@ -154,6 +162,7 @@ def instructcir(config: dict, progress: bool = True) -> dict:
     return run_variants(cfg, lambda c: run_one(c, progress))
 
 
-INSTRUCTCIR = Method("instructcir", InstructCIRConfig, instructcir, preflight, print_report)
+INSTRUCTCIR = Method("instructcir", InstructCIRConfig, instructcir, preflight, print_report,
+                     compare_groups=compare_groups)
 
 __all__ = ["INSTRUCTCIR", "InstructCIRConfig", "instructcir", "run_one", "trained_model"]

@@ -48,7 +48,7 @@ from cirflow.tasks.wrappers import (
     robust_proxy_task,
     synthesize_proxies_task,
 )
-from prefect import flow
+from cirflow.tasks.lazy_prefect import flow  # Prefect on first real run: `--plan` never imports it
 from pydantic import Field, field_validator, model_validator
 
 
@@ -60,6 +60,8 @@ class IPCIRConfig(Strict):
     layout_prompt: TemplatePath | None = None  # default: prompts/plan_layout.<benchmark>.txt
     layout_sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(temperature=0.0, max_tokens=512))
     max_attempts: int = Field(3, ge=1)
+    # a tighter cap, in characters, on every text of a layout answer than plan_layout.TEXT_CAPS (small budgets)
+    layout_text_chars: int | None = Field(None, ge=1)
     # The Layout Rule (§3.2, metrics-and-methods B.1): "modification" = the relative caption (the authors' CIRCO
     # script), "edited_caption" = "generating an image of <the baseline's first edited caption>" (their CIRR
     # setting). None: the paper's choice for the benchmark (edited_caption on CIRR, else modification).
@@ -149,6 +151,7 @@ def imagine(store, cfg: IPCIRRunConfig, bench: Artifact, b: BaselineQuery, pool:
     rules = b.artifacts[2] if layout_rule_of(cfg) == "edited_caption" else None  # the baseline's edits (sample 0)
     layouts = plan_layout_task(store, bench, cfg.text_llm(), ip.layout_sampling, captions=captions, rules=rules,
                                prompt=ip.layout_prompt, max_attempts=ip.max_attempts, enrich=ip.enrich,
+                               text_chars=ip.layout_text_chars,
                                mllm=text_llm(pool), progress=progress)
     images = synthesize_proxies_task(store, bench, layouts, ip.proxies, pipeline=gligen, progress=progress)
     return Imagined(layouts, images, proxy_features(store, cfg, images, pool, progress))
@@ -206,7 +209,7 @@ def add_slots(pool: ModelPool, cfg: IPCIRRunConfig) -> ModelPool:
         return load_gligen(cfg.ip_cir.proxies)
 
     add_models(pool, cfg)
-    pool.add("gligen", load_gligen, gpu=uses_gpu(cfg.ip_cir.proxies), key=cfg.ip_cir.proxies)
+    pool.add("gligen", load_gligen, gpu=lambda: uses_gpu(cfg.ip_cir.proxies), key=cfg.ip_cir.proxies)
     return pool
 
 

@@ -20,7 +20,7 @@ from cirflow.schemas.ldre import LDREConfig
 from cirflow.schemas.names import Name
 from cirflow.storage import Artifact
 from cirflow.tasks.wrappers import ldre_query_task
-from prefect import flow
+from cirflow.tasks.lazy_prefect import flow  # Prefect on first real run: `--plan` never imports it
 
 STYLE = "ldre"  # rewrite_caption's edit style: every caption sample rewritten
 

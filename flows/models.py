@@ -36,7 +36,10 @@ class ModelPool:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------ slots
-    def add(self, slot: str, factory: Callable[[], Any], *, gpu: bool = False, key: Any = None) -> Lazy:
+    def add(self, slot: str, factory: Callable[[], Any], *, gpu: bool | Callable[[], bool] = False,
+            key: Any = None) -> Lazy:
+        """`gpu` may be a callable, asked when the slot loads: whether a device "auto" model goes on the GPU asks
+        torch, which a plan or a fully cached run never imports."""
         k = _key(key if key is not None else slot)
         old = self._slots.get(slot)
         if old is not None and old[1] == k:
@@ -45,18 +48,21 @@ class ModelPool:
             self.release(slot)
 
         def build():
-            if gpu:
+            on_gpu = gpu() if callable(gpu) else gpu
+            if self._slots.get(slot, (None,))[0] is handle:
+                self._slots[slot] = (handle, k, on_gpu)
+            if on_gpu:
                 self.gate.acquire()
             return factory()
 
         handle = Lazy(build)
-        self._slots[slot] = (handle, k, gpu)
+        self._slots[slot] = (handle, k, False if callable(gpu) else gpu)
         return handle
 
     def add_mllm(self, slot: str, cfg) -> Lazy:
         from cirflow.models.mllm.factory import load_mllm
 
-        return self.add(slot, lambda: load_mllm(cfg), gpu=uses_gpu(cfg), key=cfg)
+        return self.add(slot, lambda: load_mllm(cfg), gpu=lambda: uses_gpu(cfg), key=cfg)
 
     def add_encoder(self, slot: str, cfg) -> Lazy:
         def load():
@@ -64,13 +70,18 @@ class ModelPool:
 
             return OpenClipEncoder(cfg)
 
-        return self.add(slot, load, gpu=uses_gpu(cfg), key=cfg)
+        return self.add(slot, load, gpu=lambda: uses_gpu(cfg), key=cfg)
 
     def add_diffusion(self, slot: str, cfg) -> Lazy:
-        from cirflow.models.diffusion import load_fields, load_pipeline
+        from cirflow.schemas.diffusion import load_fields
+
+        def load():
+            from cirflow.models.diffusion import load_pipeline  # torch + diffusers on first use: not at `--plan`
+
+            return load_pipeline(cfg)
 
         # sampler settings are per request: only what decides the loaded weights is the slot's key
-        return self.add(slot, lambda: load_pipeline(cfg), gpu=uses_gpu(cfg), key=load_fields(cfg))
+        return self.add(slot, load, gpu=lambda: uses_gpu(cfg), key=load_fields(cfg))
 
     def __getitem__(self, slot: str) -> Lazy:
         try:

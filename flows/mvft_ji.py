@@ -27,12 +27,13 @@ from cirflow.flows.summary import print_summary
 from cirflow.schemas.config import RunBase
 from cirflow.schemas.mvft import JointConfig, MVFTDataConfig, MVFTEncoderConfig, MVFTTrainSection
 from cirflow.schemas.names import Name
+from cirflow.schemas.progress import group as progress_group
 from cirflow.storage import Artifact, ArtifactStore
 from cirflow.tasks.mvft import (embed_tokens_images, embed_tokens_queries, joint_fusion, mvft_training_data,
                                 retrieve_tokens)
 from cirflow.tasks.training import train_mvft
 from cirflow.tasks.wrappers import compose_target_text_task, evaluate_task, stage_task
-from prefect import flow
+from cirflow.tasks.lazy_prefect import flow  # Prefect on first real run: `--plan` never imports it
 
 training_data_rows_task = stage_task(mvft_training_data.MVFTTrainingData, mvft_training_data.from_rows)
 training_data_build_task = stage_task(mvft_training_data.MVFTTrainingData, mvft_training_data.from_build)
@@ -118,7 +119,7 @@ def run_group(store: ArtifactStore, cfg: MVFTJIConfig, group: dict, pool: ModelP
     enc, trained = cfg.encoder, cfg.encoder.weights != "base"
     ident = train_mvft.base_identity(folder)
     handle = pool.add("mvft", lambda: embed_tokens_images.load_encoder(
-        embed_tokens_images.TokenRuntime(model_dir=folder, device=enc.device)), gpu=uses_gpu(enc), key=ident)
+        embed_tokens_images.TokenRuntime(model_dir=folder, device=enc.device)), gpu=lambda: uses_gpu(enc), key=ident)
     common = dict(precision=enc.precision, device=enc.device, batch_size=enc.batch_size,
                   shard_size=cfg.embed.shard_size, encoder=handle, progress=progress)
     images = embed_tokens_images_task(store, bench, folder, ident, **common)
@@ -171,7 +172,8 @@ def mvft_ji(config: dict, progress: bool = True) -> dict:
     docs = {}
     for seed in seeds:
         named = cfg.model_copy(update={"name": f"{cfg.name}-seed{seed}" if len(seeds) > 1 else cfg.name})
-        docs[seed] = run_seed(named, seed, progress)
+        with progress_group(f"seed {seed}" if len(seeds) > 1 else ""):  # "seed 1 · cirr · train_mvft"
+            docs[seed] = run_seed(named, seed, progress)
     doc = dict(docs[seeds[0]])
     if len(seeds) > 1:
         doc["seeds"] = {"seeds": seeds, "metrics": seeds_summary({s: d["metrics"] for s, d in docs.items()}),

@@ -33,7 +33,7 @@ from cirflow.tasks.wrappers import (
     embed_texts_task,
     synthesize_images_task,
 )
-from prefect import flow
+from cirflow.tasks.lazy_prefect import flow  # Prefect on first real run: `--plan` never imports it
 
 
 class PefuseConfig(RunBase):

@@ -36,7 +36,8 @@ def plan_config(cfg):
 
 def plan_doc(plan, cfg) -> dict:
     counts = {s: sum(st.status == s for st in plan.steps) for s in ("computed", "resumed", "cached")}
-    return {"run": getattr(cfg, "name", None), "method": cfg.method, "store": cfg.store,
+    return {"run": getattr(cfg, "name", None), "method": cfg.method,
+            "store": getattr(cfg, "store", None) or cfg.base.store,  # a comparison's store is its base run's
             "stages": [{"stage": s.stage, "key": s.key, "status": s.status, "inputs": s.inputs} for s in plan.steps],
             "counts": counts, "complete": plan.blocked is None, "blocked": plan.blocked,
             "nothing_to_compute": plan.nothing_to_compute}
@@ -48,7 +49,7 @@ def print_plan(plan, cfg, as_json: bool) -> None:
         print(json.dumps(doc, indent=2))
         return
     c = doc["counts"]
-    print(f"plan of {cfg.method} {doc['run'] or ''} (store {cfg.store}): {len(plan.steps)} stages — "
+    print(f"plan of {cfg.method} {doc['run'] or ''} (store {doc['store']}): {len(plan.steps)} stages — "
           f"{c['computed']} to compute, {c['resumed']} to resume, {c['cached']} cached")
     print(f"  {'stage':<24} {'key':<14} status")
     for s in plan.steps:

@@ -24,14 +24,22 @@ from cirflow.schemas.encoder import EncoderConfig
 from cirflow.schemas.mllm import MLLMConfig
 from cirflow.schemas.names import Name
 from cirflow.schemas.paths import LocalPath
+from cirflow.schemas.progress import group as progress_group
 from cirflow.schemas.refine import RefineOptions
 from cirflow.storage import ArtifactStore
 from cirflow.tasks.runs import embed_images, ingest
 from cirflow.tasks.refine import refine_benchmark, refine_candidates, refine_regenerate, refine_validate
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from cirflow.tasks.lazy_prefect import flow  # Prefect on first real run: `--plan` never imports it
+from cirflow.tasks.lazy_prefect import task as prefect_task
+from cirflow.tasks.plan_mode import Plannable
 
-_opts = dict(cache_policy=NO_CACHE, persist_result=False)
+_opts = dict(cache_policy="NO_CACHE", persist_result=False)
+
+
+def task(fn, **options):
+    """A Prefect task, called as the plain function under `--plan` and in the store shortcut (tasks/plan_mode.py)."""
+    return Plannable(fn, prefect_task(fn, **options))
+
 # Local wrappers (tasks/wrappers.py is shared; these can move there as they are).
 _ingest = task(ingest.run, name="ingest", **_opts)
 _embed_images = task(embed_images.embed_images, name="embed_images", **_opts)
@@ -82,28 +90,32 @@ def refine(config: dict, progress: bool = True) -> dict:
         mllm, encoder = pool.add_mllm("mllm", cfg.mllm), pool.add_encoder("encoder", cfg.encoder)
         for group in b.groups():
             label = "/".join([b.name, *group.values()])
-            bench = _ingest(store, b.name, b.data_root, split=b.split or "val", image_root=b.image_root,
-                            fiq_join=b.fiq_join, check_images=b.check_images, **group)
-            image_emb = _embed_images(store, bench, cfg.encoder, shard_size=cfg.embed_shard_size, encoder=encoder,
-                                      progress=progress)
-            cands = refine_candidates_task(store, bench, image_emb, o)
-            rounds = [refine_validate_task(store, bench, cands, cfg.mllm, o, level=0, mllm=mllm, progress=progress)]
-            regen = None
-            states = rounds[0].manifest.stats.get("states")
-            if states is None:  # `--plan`: a round not computed yet; whether texts are regenerated depends on it
-                from cirflow.tasks.plan_mode import PlanBlocked
+            with progress_group(label):  # the benchmark group on its stages' progress lines
+                bench = _ingest(store, b.name, b.data_root, split=b.split or "val", image_root=b.image_root,
+                                fiq_join=b.fiq_join, check_images=b.check_images, **group)
+                image_emb = _embed_images(store, bench, cfg.encoder, shard_size=cfg.embed_shard_size,
+                                          encoder=encoder, progress=progress)
+                cands = refine_candidates_task(store, bench, image_emb, o)
+                rounds = [refine_validate_task(store, bench, cands, cfg.mllm, o, level=0, mllm=mllm,
+                                               progress=progress)]
+                regen = None
+                states = rounds[0].manifest.stats.get("states")
+                if states is None:  # `--plan`: a round not computed yet; whether texts are regenerated hangs on it
+                    from cirflow.tasks.plan_mode import PlanBlocked
 
-                raise PlanBlocked(f"{rounds[0].stage}/{rounds[0].key[:12]} would be computed first: whether "
-                                  "texts are regenerated depends on its answers")
-            if states.get("pending"):
-                regen = refine_regenerate_task(store, bench, rounds[0], cfg.mllm, o, mllm=mllm, progress=progress)
-                for level in range(1, o.levels + 1):
-                    rounds.append(refine_validate_task(store, bench, cands, cfg.mllm, o, level=level,
-                                                       previous=rounds[-1], texts=regen, mllm=mllm, progress=progress))
-            built = refine_build_task(store, bench, cands, rounds, regen)
-            builds[label] = (built, bench)
-            arts = [bench, image_emb, cands, rounds[0], *([regen] if regen else []), *rounds[1:], built]
-            stages += [_report(a, label) for a in arts]
+                    raise PlanBlocked(f"{rounds[0].stage}/{rounds[0].key[:12]} would be computed first: whether "
+                                      "texts are regenerated depends on its answers")
+                if states.get("pending"):
+                    regen = refine_regenerate_task(store, bench, rounds[0], cfg.mllm, o, mllm=mllm,
+                                                   progress=progress)
+                    for level in range(1, o.levels + 1):
+                        rounds.append(refine_validate_task(store, bench, cands, cfg.mllm, o, level=level,
+                                                           previous=rounds[-1], texts=regen, mllm=mllm,
+                                                           progress=progress))
+                built = refine_build_task(store, bench, cands, rounds, regen)
+                builds[label] = (built, bench)
+                arts = [bench, image_emb, cands, rounds[0], *([regen] if regen else []), *rounds[1:], built]
+                stages += [_report(a, label) for a in arts]
     exported = refine_benchmark.export({k: v for k, v in builds.items()}, cfg.out_dir(), link_images=o.link_images)
     doc = {"run": cfg.name, "method": cfg.method, "benchmark": b.name, "store": store.url, "stages": stages,
            "counts": exported["counts"], "output_dir": exported["out_dir"], "files": exported,

@@ -10,10 +10,11 @@ from cirflow.flows.method import check_servers
 from cirflow.flows.models import ModelPool
 from cirflow.flows.summary import RunSummary, publish
 from cirflow.schemas.config import RunBase
+from cirflow.schemas.progress import group as progress_group
 from cirflow.storage import Artifact, ArtifactStore
 from cirflow.tasks.distributed import partitions
 from cirflow.tasks.lazy import Lazy
-from cirflow.tasks.stage import failure_policy
+from cirflow.tasks.stage import StageFailed, failure_policy, record_artifacts
 from cirflow.tasks.wrappers import evaluate_task, ingest_task, retrieve_task
 
 
@@ -56,12 +57,26 @@ def run_groups(cfg: RunBase, run_group: RunGroup, progress: bool,
     last; models are loaded once for every group and released when the last group is done."""
     store = ArtifactStore(cfg.store, cfg.storage_options)
     summary = RunSummary.start(cfg)
+    stopped: StageFailed | None = None
     with ModelPool(cfg.gpu_limit) as pool:
         add_slots(pool, cfg)
         with partitions(cfg.executor.world()), failure_policy(cfg.max_failure_rate):
             for group in cfg.benchmark.groups():
-                summary.add_group(cfg.benchmark.label(group), run_group(store, cfg, group, pool, progress))
-    return publish(summary, store)
+                label = cfg.benchmark.label(group)
+                # the group shown on its stages' progress lines; what it finished, for a failed run's folder
+                with progress_group(label), record_artifacts() as done:
+                    try:
+                        summary.add_group(label, run_group(store, cfg, group, pool, progress))
+                    except StageFailed as e:
+                        summary.add_group(label, list(done))
+                        summary.fail(label, e)
+                        stopped = e
+                        break
+    doc = publish(summary, store)
+    if stopped is not None:  # the run folder shows the failed rows; the run still fails (exit 3)
+        stopped.run_folder = doc.get("output_dir", "")
+        raise stopped
+    return doc
 
 
 def preflight(cfg: RunBase, source: str, templates: list[tuple[str, str | None]] = ()) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,6 +24,7 @@ class RunSummary:
     config: RunBase
     started: float
     groups: dict[str, list[Artifact]] = field(default_factory=dict)
+    failed: dict | None = None  # the stage that stopped the run over its failure threshold (`fail`)
 
     @classmethod
     def start(cls, config: RunBase) -> "RunSummary":
@@ -30,6 +32,28 @@ class RunSummary:
 
     def add_group(self, label: str, artifacts: list[Artifact]) -> None:
         self.groups[label] = artifacts
+
+    def fail(self, label: str, error) -> None:
+        """A stage of group `label` stopped the run (`StageFailed`, with what `execute` attached): the run
+        folder still shows what was committed, and the failed rows with their reasons."""
+        self.failed = failed_stage(label, error)
+
+
+def failed_stage(label: str, error) -> dict:
+    """summary.json's `failed_stage` of a StageFailed: the stage, its counts, the error line and every failed row
+    `execute` attached (id, reason)."""
+    return {"label": label, "stage": error.stage, "key": error.key, "error": str(error), "stats": error.stats,
+            "failures": error.failures, "report": {**error.report, "label": label, "stats": error.stats}}
+
+
+def mark_failed(doc: dict, failed: dict) -> dict:
+    """A summary doc of a run stopped by a failed stage: `status: failed`, the stage's row in the stage table."""
+    doc["status"] = "failed"
+    doc["failed_stage"] = {k: v for k, v in failed.items() if k != "report"}
+    report = failed.get("report") or {}
+    if report.get("key"):
+        doc["stages"].append({"shards_computed": 0, "shards_skipped": 0, "seconds": 0.0, "timings": {}, **report})
+    return doc
 
 
 def group_metrics(evaluate: Artifact) -> dict[str, float]:
@@ -53,6 +77,8 @@ def computed_by_stage(stages: list[dict]) -> dict[str, int]:
 
 
 def _peak_gpu_memory() -> float | None:
+    if "torch" not in sys.modules:  # no model ran in this process (the store shortcut): nothing to measure,
+        return None  # and importing torch only to learn that costs seconds
     try:
         import torch
 
@@ -73,6 +99,8 @@ def build(summary: RunSummary, store: ArtifactStore) -> dict:
             rep["label"] = label
             rep["timings"] = a.manifest.timings
             stages.append(rep)
+        if summary.failed is not None and not (arts and arts[-1].stage == "evaluate"):
+            continue  # the group a failed stage stopped: no metrics, no submission files
         per_group[label] = group_metrics(arts[-1])
         files[label] = [arts[-1].file_path(f.name) for f in arts[-1].manifest.files]
         n_queries += arts[0].manifest.stats.get("queries", 0)
@@ -86,7 +114,7 @@ def build(summary: RunSummary, store: ArtifactStore) -> dict:
         "mllm": {"backend": cfg.mllm.backend, "model": cfg.mllm.model} if cfg.mllm is not None else None,
         "stages": stages,
         "computed_by_stage": computed_by_stage(stages),
-        "metrics": average_over(per_group),
+        "metrics": average_over(per_group) if per_group or summary.failed is None else {},
         "groups": per_group if len(per_group) > 1 else {},
         "submission_files": files,
         "compute": {"wall_seconds": round(wall, 3), "stage_seconds_computed": round(computed, 3),
@@ -143,6 +171,8 @@ def publish(summary: RunSummary, store: ArtifactStore) -> dict:
     if plan_mode.active() is not None:  # `--plan` writes nothing; the planner reports (flows/plan.py)
         return {}
     doc = build(summary, store)
+    if summary.failed is not None:
+        mark_failed(doc, summary.failed)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = _new_run_folder(Path(summary.config.output_dir) / summary.config.name, stamp)
     copied = []
@@ -181,6 +211,8 @@ def _new_run_folder(parent: Path, stamp: str) -> Path:
 
 
 def _prefect_artifacts(doc: dict) -> None:
+    if "prefect" not in sys.modules:  # no flow run without Prefect imported (the store shortcut): keep it unimported
+        return
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
     from prefect.context import FlowRunContext
 

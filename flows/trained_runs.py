@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from typing import Annotated, Any, Callable, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -23,7 +23,7 @@ from cirflow.schemas.config import RunBase
 from cirflow.schemas.errors import ConfigError
 from cirflow.schemas.mllm import MLLMConfig
 from cirflow.schemas.names import Name
-from cirflow.schemas.paths import LOCAL_DIR, PathField, looks_like_path
+from cirflow.schemas.compare import VariantValue
 from cirflow.storage import Artifact, ArtifactStore
 
 REF_PREFIXES = ("key:", "stage:")
@@ -91,13 +91,6 @@ class TrainedEncoderConfig(Strict):
     tokenizer: None = None
 
 
-def _variant_path(value: str) -> bool:
-    """A variant value that is a local path (deploy makes it absolute): written as one ("/", "./", "~", a weights
-    file), or a relative folder of two or more levels — a hub id ("org/name") has one slash, refs a colon."""
-    return looks_like_path(value) or (value.count("/") >= 2 and ":" not in value)
-
-
-VariantValue = Annotated[Any, PathField(when=_variant_path), PathField(prefix=LOCAL_DIR)]
 
 
 class Variant(Strict):
@@ -170,10 +163,36 @@ def run_trained(cfg, progress: bool, train: Callable, stage: type, gallery_task,
     artifact, artifacts made for it) once, before the first group (Fashion-IQ categories share it); per group
     ingest → gallery / query features (the embed stages' tasks, the model loaded once by `stage().load`;
     `query`: the query stage's own params) → retrieve → evaluate. Returns the summary and the model's artifact."""
+    from cirflow.flows.runs import run_groups
+
+    group, state = trained_group(train, stage, gallery_task, queries_task, **query)
+    doc = run_groups(cfg, group, progress, add_slots=lambda pool, _: pool)
+    return doc, state["model"]
+
+
+def trained_groups(store: ArtifactStore, cfg, pool, progress: bool, train: Callable, stage: type, gallery_task,
+                   queries_task, **query) -> list[tuple[str, list[Artifact]]]:
+    """One comparison row of a trained-model method (`cirflow compare` with a collm / instructcir base): per
+    benchmark group (label, its artifacts, evaluate last), the training shared by the groups; `pool` is the
+    comparison's, so a variant with the same trained model keeps it loaded."""
+    from cirflow.schemas.progress import group as progress_group
+
+    group, _ = trained_group(train, stage, gallery_task, queries_task, **query)
+    out = []
+    for g in cfg.benchmark.groups():
+        label = cfg.benchmark.label(g)
+        with progress_group(label):  # the benchmark group on its stages' progress lines (the training's too)
+            out.append((label, group(store, cfg, g, pool, progress)))
+    return out
+
+
+def trained_group(train: Callable, stage: type, gallery_task, queries_task, **query) -> tuple[Callable, dict]:
+    """(the per-group function of `run_trained`, its state: "model", "made" once the training ran)."""
     from cirflow.flows.gpu import uses_gpu
-    from cirflow.flows.runs import ingest, retrieve_evaluate, run_groups
+    from cirflow.flows.runs import ingest, retrieve_evaluate
     from cirflow.tasks.collm.trained_encoder import TrainedModelRuntime, model_identity
     from cirflow.tasks.training import resolve_model_ref
+    from cirflow.tasks.plan_mode import PlanBlocked, Planned
 
     state: dict = {}
 
@@ -181,18 +200,20 @@ def run_trained(cfg, progress: bool, train: Callable, stage: type, gallery_task,
         if "model" not in state:
             state["model"], state["made"] = train(store, cfg_, progress_)
         model, enc = state["model"], cfg_.encoder
+        if isinstance(model, Planned):  # `--plan` / the store shortcut: the features are keyed on trained weights
+            raise PlanBlocked(f"{model.stage}/{model.key[:12]} would be {model.status} first: the features are keyed "
+                              "on the trained weights, so what follows can only be planned after it ran")
         bench = ingest(store, cfg_, grp)
         ident, folder = model_identity(model), str(resolve_model_ref(store, f"key:{model.key}"))
         rt = TrainedModelRuntime(model_dir=folder, device=enc.device)
-        handle = pool.add("trained", lambda: stage().load(rt), gpu=uses_gpu(enc), key=ident)
+        handle = pool.add("trained", lambda: stage().load(rt), gpu=lambda: uses_gpu(enc), key=ident)
         common = dict(precision=enc.precision, device=enc.device, batch_size=enc.batch_size,
                       shard_size=cfg_.embed.shard_size, encoder=handle, progress=progress_)
         gallery = gallery_task(store, bench, ident, folder, **common)
         queries = queries_task(store, bench, ident, folder, **query, **common)
         return [bench, *state["made"], gallery, queries, *retrieve_evaluate(store, cfg_, bench, queries, gallery)]
 
-    doc = run_groups(cfg, group, progress, add_slots=lambda pool, _: pool)
-    return doc, state["model"]
+    return group, state
 
 
 def print_report(doc: dict, as_json: bool) -> None:
@@ -209,4 +230,4 @@ def print_report(doc: dict, as_json: bool) -> None:
 
 
 __all__ = ["TrainedEncoderConfig", "TrainedRunBase", "Variant", "section_errors", "check_ref", "print_report", "run_variants", "stored", "upstream",
-           "with_fields"]
+           "trained_groups", "with_fields"]

@@ -32,8 +32,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from cirflow.schemas.diffusion import DiffusionConfig
+from cirflow.schemas.diffusion import DiffusionConfig, load_fields
 from cirflow.schemas.errors import CirflowError
+from cirflow.schemas.progress import step_progress
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -44,6 +45,9 @@ class DiffusionBackend:
     def __init__(self, cfg: DiffusionConfig):
         import diffusers
 
+        from cirflow.schemas.progress import quiet_libraries
+
+        quiet_libraries()  # diffusers' "Loading pipeline components" bar ignores HF_HUB_DISABLE_PROGRESS_BARS
         self.cfg = cfg
         self.device = _resolve_device(cfg.device)
         self.dtype = _DTYPES[cfg.dtype]
@@ -101,7 +105,13 @@ class DiffusionBackend:
             call["image_guidance_scale"] = cfg.image_guidance_scale
         if cfg.pipeline == "sdxl_instruct_pix2pix":
             call.update(height=size, width=size)  # defaults to the UNet's sample size otherwise
-        with torch.inference_mode():
+        # denoising steps advance the running stage's line ("step 12/50"); img2img at `strength` runs fewer
+        steps_total = None if cfg.pipeline == "sdxl_turbo_img2img" else cfg.num_inference_steps
+        with torch.inference_mode(), step_progress(steps_total, "step") as steps:
+            if cfg.pipeline == "sdxl_instruct_pix2pix":  # this pipeline still has only the older callback
+                call.update(callback=lambda _i, _t, _latents: steps.update(1), callback_steps=1)
+            else:
+                call["callback_on_step_end"] = lambda _pipe, _i, _t, kwargs: (steps.update(1), kwargs)[1]
             out = self.pipe(**call).images
         if len(out) != len(images):
             raise RuntimeError(f"pipeline returned {len(out)} images for {len(images)} inputs")
@@ -137,11 +147,6 @@ class DiffusionBackend:
 def load_pipeline(cfg: DiffusionConfig) -> DiffusionBackend:
     return DiffusionBackend(cfg)
 
-
-def load_fields(cfg: DiffusionConfig) -> dict:
-    """The config fields that decide what `load_pipeline` loads (the rest only parameterise `edit`)."""
-    return cfg.model_dump(include={"pipeline", "model", "revision", "variant", "dtype", "device", "scheduler",
-                                   "scheduler_config"})
 
 
 def prepare_image(image: Image.Image, resolution: int) -> Image.Image:

@@ -77,7 +77,7 @@ class OpenClipEncoder:
         texts = [str(t) for t in texts]
         out = np.zeros((len(texts), self.dim), np.float32)
         starts = range(0, len(texts), self.cfg.batch_size)
-        for s in _maybe_tqdm(starts, progress, "texts"):
+        for s in _batches(starts, progress, "texts"):
             tokens = self.tokenizer(texts[s : s + self.cfg.batch_size]).to(self.device)
             with torch.inference_mode(), self._autocast():
                 feats = self.model.encode_text(tokens)
@@ -112,7 +112,7 @@ class OpenClipEncoder:
             # holds Prefect's threads and event loop, and a fork of a threaded process can die or deadlock.
             multiprocessing_context="forkserver" if self.cfg.num_workers > 0 else None,
         )
-        for rows, pixels, bad in _maybe_tqdm(loader, progress, "images"):
+        for rows, pixels, bad in _batches(loader, progress, "images"):
             failures.extend(bad)
             if pixels is None:
                 continue
@@ -203,9 +203,11 @@ def _tokenizer(open_clip, cfg: EncoderConfig):
     )
 
 
-def _maybe_tqdm(it, progress: bool, unit: str):
-    if not progress:
-        return it
-    from tqdm.auto import tqdm
+def _batches(it, progress: bool, unit: str):
+    """Batches advance the running stage's line ("images 3/8"), no bar of their own."""
+    from cirflow.schemas.progress import step_progress
 
-    return tqdm(it, desc=f"encode {unit}", unit="batch")
+    with step_progress(len(it), unit, enabled=progress) as steps:
+        for batch in it:
+            yield batch
+            steps.update(1)

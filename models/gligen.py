@@ -82,6 +82,9 @@ def _load(kind: str, model: str, cfg: ProxyConfig):
     import diffusers
     import torch
 
+    from cirflow.schemas.progress import quiet_libraries
+
+    quiet_libraries()  # diffusers' "Loading pipeline components" bar ignores HF_HUB_DISABLE_PROGRESS_BARS
     cls = getattr(diffusers, PIPELINE_CLASSES[kind])
     device = resolve_device(cfg.device)
     if device == "cpu" and cfg.dtype == "float16":

@@ -3,7 +3,8 @@
 Lives beside the loaders (not in the config schemas): a revision is a sha256 of the files for weights on disk,
 so overwriting a checkpoint in place changes the key, or the hub snapshot commit already in the local cache.
 Hashing a 1-2 GB checkpoint takes seconds, so file hashes are cached by (path, size, mtime_ns), in memory and in
-a small JSON file (`$CIRFLOW_HASH_CACHE`, default `~/.cache/cirflow/file-sha256.json`).
+a small JSON file (`$CIRFLOW_HASH_CACHE`, default `~/.cache/cirflow/file-sha256.json`), which also keeps the
+revision strings of named open_clip models per installed open_clip version.
 """
 
 from __future__ import annotations
@@ -33,15 +34,31 @@ def weights_revision(model: str, pretrained: str | None) -> str:
         return "sha256:" + file_sha256(pretrained)
     if model.startswith(HF_HUB):
         return "hf-hub:" + (_hf_cached_commit(model[len(HF_HUB):]) or "unresolved")
+    # The answer is a fixed function of (installed open_clip version, model, tag): open_clip's pretrained table
+    # ships with the package. It is kept in the hash cache under that version, so `--plan` and the store
+    # shortcut of a named model need not import open_clip (and torch with it: ~3 s) once it has been asked.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        memo_key = f"open_clip_torch=={version('open_clip_torch')}|{model}|{pretrained or ''}"
+    except PackageNotFoundError:
+        memo_key = None
+    if memo_key is not None and (hit := _MEMO.get(memo_key) or _read_disk_cache().get(memo_key)):
+        return hit
     import open_clip  # late import: the config must stay cheap to import for CLI and schema code
 
     if pretrained:
         # a published tag names fixed weights; the download location pins which ones
         cfg = open_clip.get_pretrained_cfg(model, pretrained) or {}
         where = cfg.get("hf_hub") or cfg.get("url") or "unknown"
-        return f"open_clip-{open_clip.__version__}:{pretrained}:{where}"
-    # no weights: OpenClipEncoder seeds the random init, so this is reproducible per open_clip version
-    return f"random-init-seed0:open_clip-{open_clip.__version__}"
+        out = f"open_clip-{open_clip.__version__}:{pretrained}:{where}"
+    else:
+        # no weights: OpenClipEncoder seeds the random init, so this is reproducible per open_clip version
+        out = f"random-init-seed0:open_clip-{open_clip.__version__}"
+    if memo_key is not None:
+        _MEMO[memo_key] = out
+        _write_disk_cache({**_read_disk_cache(), memo_key: out})
+    return out
 
 
 def _dir_digest(path: Path, suffixes: tuple[str, ...] | None) -> str:

@@ -27,11 +27,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pyarrow as pa
-import torch
+from typing import TYPE_CHECKING
 
-from cirflow.retrieval.token_topk import TokenScorer, rank_token_queries
+import pyarrow as pa
+
 from cirflow.schemas.errors import ConfigError
+
+if TYPE_CHECKING:  # torch and the token scorer load where scores are computed: `--plan` imports this module
+    import torch
 
 MODES = {
     "joint": ("composed", "target_text"),
@@ -77,6 +80,8 @@ def joint_scores(mode: str, feats: dict[str, np.ndarray], image_feats: np.ndarra
                  device: str | torch.device | None = None) -> np.ndarray:
     """The mode's full [Q, G] score matrix."""
     terms, weights = mode_terms(mode, feats, lam)
+    from cirflow.retrieval.token_topk import TokenScorer
+
     return TokenScorer(terms, image_feats, weights=weights, device=device).matrix()
 
 
@@ -85,6 +90,8 @@ def joint_topk(mode: str, feats: dict[str, np.ndarray], image_feats: np.ndarray,
                ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of the mode's scores (chunked, memory bounded; tie rule of retrieval/topk.py)."""
     terms, weights = mode_terms(mode, feats, lam)
+    from cirflow.retrieval.token_topk import TokenScorer
+
     return TokenScorer(terms, image_feats, weights=weights, device=device).topk(k, exclude=exclude)
 
 
@@ -93,5 +100,7 @@ def rank_joint(benchmark: str, queries: pa.Table, mode: str, feats: dict[str, np
                circo_exclude_reference: bool = False, device: str | torch.device | None = None) -> pa.Table:
     """RANKINGS table of the mode under the benchmark's rules (reference removal, CIRR subsets, GeneCIS)."""
     terms, weights = mode_terms(mode, feats, lam)
+    from cirflow.retrieval.token_topk import rank_token_queries
+
     return rank_token_queries(benchmark, queries, terms, image_ids, image_feats, in_gallery, weights=weights, k=k,
                               circo_exclude_reference=circo_exclude_reference, device=device)

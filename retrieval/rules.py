@@ -30,9 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from cirflow.retrieval.topk import topk, topk_scores
 from cirflow.schemas.errors import CirflowError, ConfigError
 from cirflow.schemas.index import IndexConfig
 from cirflow.schemas.tables import RANKINGS
@@ -54,6 +52,10 @@ def benchmark_family(name: str) -> str:
 
 def score_matrix(query_emb: np.ndarray, image_emb: np.ndarray, *, chunk: int = 1024, device=None) -> np.ndarray:
     """Full similarity matrix [nQ, nImages] float32 (for fusion stages; CIRCO scale is 800 x 123k = 400 MB)."""
+    # torch (and retrieval.topk) inside the functions that rank: `cirflow run --plan` imports this module
+    # through the stages, and must not pay ~2 s for torch
+    import torch
+
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     g = torch.from_numpy(np.ascontiguousarray(image_emb, dtype=np.float32)).to(dev)
     q = np.ascontiguousarray(query_emb, dtype=np.float32)
@@ -149,6 +151,10 @@ class _EmbeddingScores:
     def gallery_topk(self, gallery_idx, k, exclude, cfg: IndexConfig):
         g = self.g if len(gallery_idx) == len(self.g) else self.g[gallery_idx]
         if cfg.kind == "exact":
+            import torch
+
+            from cirflow.retrieval.topk import topk
+
             s, i = topk(self.q, g, k, exclude=exclude)
             return s, i, {"kind": "exact", "approximate": False, "gpu": torch.cuda.is_available()}
         return _faiss_topk(self.q, g, k, exclude, cfg)
@@ -165,6 +171,10 @@ class _MatrixScores:
 
     def gallery_topk(self, gallery_idx, k, exclude, cfg: IndexConfig):
         s = self.s if len(gallery_idx) == self.s.shape[1] else self.s[:, gallery_idx]
+        import torch
+
+        from cirflow.retrieval.topk import topk_scores
+
         sc, i = topk_scores(s, k, exclude=exclude)
         return sc, i, {"kind": "exact", "approximate": False, "gpu": torch.cuda.is_available()}
 

@@ -3,7 +3,7 @@ themselves are the compare / sweep methods' (cirflow.flows.compare)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -11,6 +11,17 @@ from cirflow.schemas.base import Strict
 from cirflow.schemas.config import Mode
 from cirflow.schemas.errors import ConfigError
 from cirflow.schemas.names import Name
+from cirflow.schemas.paths import LOCAL_DIR, PathField, looks_like_path
+
+
+def variant_path(value: str) -> bool:
+    """A variant value that is a local path (deploy makes it absolute): written as one ("/", "./", "~", a weights
+    file), or a relative folder of two or more levels — a hub id ("org/name") has one slash, refs a colon."""
+    return looks_like_path(value) or (value.count("/") >= 2 and ":" not in value)
+
+
+# a dotted override's value (`model.llm: /models/e5-mistral`): paths in it are resolved like the base's
+VariantValue = Annotated[Any, PathField(when=variant_path), PathField(prefix=LOCAL_DIR)]
 
 
 class FusionSpec(Strict):
@@ -46,7 +57,7 @@ class VariantSpec(Strict):
     stage keys, so a variant that changes only evaluation reuses the stored model."""
 
     name: str = Field(min_length=1)  # a table row label, never a path
-    set: dict[str, Any] = Field(default_factory=dict)
+    set: dict[str, VariantValue] = Field(default_factory=dict)
 
     def apply(self, base: BaseModel) -> BaseModel:
         return with_overrides(base, self.set, f"variant {self.name!r}")

@@ -14,7 +14,6 @@ out: they change speed, not the images (generators are per image and on the CPU)
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -100,3 +99,10 @@ class DiffusionConfig(BaseModel):
             "conditioning": self.conditioning,
             "negative_prompt": self.negative_prompt,
         }
+
+
+# with the config, not the backend: a model pool keys its slot by it at `--plan` time, before (and without) torch
+def load_fields(cfg: DiffusionConfig) -> dict:
+    """The config fields that decide what `load_pipeline` loads (the rest only parameterise `edit`)."""
+    return cfg.model_dump(include={"pipeline", "model", "revision", "variant", "dtype", "device", "scheduler",
+                                   "scheduler_config"})

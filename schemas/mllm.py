@@ -45,6 +45,13 @@ class MLLMConfig(BaseModel):
     #   (and ignores `response_format`); a request with top_k != -1 then fails instead of silently sampling
     #   differently.
     api_flavor: Literal["vllm", "openai"] = "vllm"
+    # Constrain the answer of a request with a JSON schema while it is generated. None (the default) means per
+    # backend: on for http (the schema goes out as `response_format`, json_schema, strict; plus
+    # `structured_outputs` for vLLM, which constrains decoding at server speed), off for the transformers
+    # backend, whose in-process decoder (models/mllm/constrained.py) is pure Python: instant on the tiny
+    # vocabularies of tests and demos, seconds per new parser state on a 150k-token one. true / false force it.
+    # Unconstrained answers are only validated after generation, as always.
+    structured_outputs: bool | None = None
     concurrency: int = Field(16, ge=1)
     timeout_s: float = Field(120, gt=0)
     # http: transient failures (connection errors, timeouts, 429, 5xx, 401/403/404, a 200 that is not a chat
@@ -62,6 +69,10 @@ class MLLMConfig(BaseModel):
     # Images larger than this many pixels are downscaled (aspect kept) before sending/processing.
     max_image_pixels: int | None = Field(None, ge=1)
 
+    def constrains_json(self) -> bool:
+        """Whether answers with a JSON schema are constrained while generated (see structured_outputs)."""
+        return self.structured_outputs if self.structured_outputs is not None else self.backend == "http"
+
     @model_validator(mode="after")
     def _http_needs_a_server(self) -> "MLLMConfig":
         # checked here, not when the backend starts: that happens inside a flow, after earlier stages ran
@@ -75,6 +86,10 @@ class MLLMConfig(BaseModel):
         out = {"model": self.model, "revision": self.revision, "dtype": self.dtype}
         if self.max_image_pixels is not None:
             out["max_image_pixels"] = self.max_image_pixels
+        # the per-backend default keeps every key as it was before the switch existed (http: on; in process: off);
+        # forcing the other way changes what JSON answers are, so it is part of the key
+        if self.constrains_json() != (self.backend == "http"):
+            out["structured_outputs"] = self.constrains_json()
         if self.backend == "blip2":
             # the captioner family and its decoding are part of what the captions are (other backends'
             # keys stay as they were)

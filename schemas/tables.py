@@ -100,3 +100,13 @@ METRICS = pa.schema(
         pa.field("value", pa.float64(), nullable=False),  # percent
     ]
 )
+
+# MVFT-JI training rows (mvft-ji.txt §3.2): one per (image, modification), read by models/mvft/training.py
+MVFT_TRAINING_ROWS = pa.schema([
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("sample", pa.int32(), nullable=False),  # 0.. per image: several modifications of one image
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("modification", pa.string(), nullable=False),
+    pa.field("target_text", pa.string(), nullable=False),
+    pa.field("caption", pa.string(), nullable=False),
+])

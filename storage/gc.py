@@ -10,7 +10,8 @@ What references an artifact:
 
 Only finished artifacts (with a manifest) are removed by `gc`: a folder without one may be a run in progress
 (its leases decide that, not gc). Each artifact is removed manifest first, so a concurrent reader sees an
-unfinished folder and never a manifest whose shards are gone. A run still in progress has no summary.json yet:
+unfinished folder and never a manifest whose shards are gone; then its key-index marker (storage/index.py), so
+`find` and `ls` never list it again. A run still in progress has no summary.json yet:
 run gc between runs (an artifact it was about to reuse would be recomputed, or a read in flight would fail).
 Prefect deployments are not asked: each scheduled run writes a run folder, which keeps its artifacts.
 """
@@ -28,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cirflow.schemas.errors import StoreError
+from cirflow.storage import index
 from cirflow.storage.manifest import LEASES, MANIFEST, Manifest
 from cirflow.storage.store import Artifact, ArtifactStore, sha256_bytes
 from cirflow.storage.writers import is_temp
@@ -48,7 +50,7 @@ def head(art: Artifact, table: str = "data", n: int = 10) -> pa.Table:
     for s in shards:
         if rows >= n:
             break
-        t = pq.read_table(io.BytesIO(art._checked_bytes(s.name, s.sha256, s.bytes)))
+        t = pq.read_table(io.BytesIO(art._checked_bytes(s)))
         parts.append(t.slice(0, n - rows))
         rows += parts[-1].num_rows
     if not parts:
@@ -216,7 +218,7 @@ def plan_gc(store: ArtifactStore, run_roots: list[str]) -> tuple[list[Removal], 
 
 
 def remove(store: ArtifactStore, removals: list[Removal]) -> int:
-    """Remove each artifact folder, manifest first; returns the bytes freed."""
+    """Remove each artifact folder, manifest first, and its key-index marker; returns the bytes freed."""
     freed = 0
     for r in removals:
         d = store.artifact_dir(r.stage, r.key)
@@ -225,5 +227,6 @@ def remove(store: ArtifactStore, removals: list[Removal]) -> int:
         except FileNotFoundError:
             continue
         store.discard(posixpath.join(d, MANIFEST))
+        index.remove(store, r.stage, r.key)
         store.discard(d, recursive=True)
     return freed

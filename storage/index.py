@@ -59,6 +59,12 @@ def add(store: "ArtifactStore", stage: str, key: str) -> None:
             store.write_atomic(_complete_path(store), b"")
 
 
+def remove(store: "ArtifactStore", stage: str, key: str) -> None:
+    """Forget a removed artifact (`store rm` / `gc`): called after its manifest is gone, so a reader that still
+    lists the marker finds no manifest and skips it, and no marker outlives its artifact."""
+    store.discard(marker_path(store, stage, key))
+
+
 def is_complete(store: "ArtifactStore") -> bool:
     return store.fs.exists(_complete_path(store))
 

@@ -5,8 +5,8 @@ Written last, after every shard is committed, so a folder without `_manifest.jso
 
 from __future__ import annotations
 
+import functools
 import hashlib
-
 import platform
 from datetime import datetime, timezone
 from importlib import metadata
@@ -41,6 +41,9 @@ class ShardRecord(BaseModel):
     sha256: str
     bytes: int
     seconds: float = 0.0
+    # fast checksum checked on every read (sha256 stays for `cirflow store verify`); None in records written
+    # before it existed, which are then read against their sha256
+    xxh3_128: str | None = None
 
 
 class FileRecord(BaseModel):
@@ -50,6 +53,7 @@ class FileRecord(BaseModel):
     name: str
     sha256: str
     bytes: int
+    xxh3_128: str | None = None  # as ShardRecord.xxh3_128
 
 
 class Manifest(BaseModel):
@@ -91,6 +95,14 @@ class Manifest(BaseModel):
 
 
 def library_versions() -> dict[str, str]:
+    return dict(_library_versions())  # a copy: callers may not change the cached dict
+
+
+@functools.lru_cache(maxsize=1)
+def _library_versions() -> dict[str, str]:
+    # Read once per process: importlib.metadata parses every dist-info METADATA file on each call (~25 ms for
+    # the tracked set, the largest fixed cost of a small stage, bench/stage_overhead.py), and the libraries a
+    # process has imported do not change under it.
     out = {}
     for name in TRACKED_LIBRARIES:
         try:

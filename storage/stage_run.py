@@ -9,7 +9,8 @@
 
 Protocol: a shard is written under a temporary name and renamed, then its commit record goes to
 `_commits/<name>.json`. A rerun skips a shard only when its commit record matches the current plan (row range)
-and the file's sha256 still matches the record; anything else is recomputed. The manifest is written last.
+and the file still matches the record (size + XXH3; sha256 for older records), as do the side-table shards of its
+index committed before it; anything else is recomputed. The manifest is written last.
 A cached artifact is verified before it is reused; a corrupt shard sends the stage back to "resumed"; an
 unreadable, garbage or older-format manifest is treated as unfinished (good shards are kept).
 
@@ -48,7 +49,7 @@ from cirflow.storage.manifest import (
     library_versions,
     now,
 )
-from cirflow.storage.store import Artifact, ArtifactStore, describe_error, safe_relpath, sha256_bytes
+from cirflow.storage.store import Artifact, ArtifactStore, checksums, describe_error, intact, safe_relpath, sha256_bytes
 from cirflow.storage.writers import is_stale_temp, is_temp
 
 _SHARD_INDEX_RE = re.compile(r"^.+-(?P<index>\d+)\.parquet$")
@@ -179,7 +180,7 @@ class StageRun:
             data = self.store.read_bytes(self.store.path(self.stage, self.key, shard.name))
         except (OSError, ValueError):
             return False
-        if len(data) != rec.bytes or sha256_bytes(data) != rec.sha256:
+        if not intact(rec, data):
             return False
         self._commits[shard.name] = rec
         return True
@@ -207,13 +208,30 @@ class StageRun:
                 continue
             self._is_committed(Shard(rec.table, int(_SHARD_INDEX_RE.match(rec.name)["index"]), rec.start, rec.stop))
 
+    def _sides_intact(self, shard: Shard) -> bool:
+        """Side-table shards of the same index (committed before the main one, e.g. the images of a shard of
+        generated images) still match their commit records: a bad one makes the whole shard incomplete."""
+        suffix = f"-{shard.index:05d}.parquet"
+        for rec in list(self._commits.values()):
+            if rec.table == shard.table or not rec.name.endswith(suffix) or rec.table in self._plans:
+                continue
+            try:
+                data = self.store.read_buffer(self.store.path(self.stage, self.key, rec.name))
+            except (OSError, ValueError):
+                data = None
+            if data is None or not intact(rec, data):
+                del self._commits[rec.name]
+                return False
+        return True
+
     def _claim(self, shard: Shard) -> str:
         """"done" (validly committed), "busy" (another live writer holds its lease) or "ours" (leased to us)."""
-        if self._is_committed(shard):
+        committed = self._is_committed(shard)
+        if committed and self._sides_intact(shard):
             return "done"
         if not self._leases.acquire(shard.name):
             return "busy"
-        if self._is_committed(shard):  # committed between our first look and the lease
+        if not committed and self._is_committed(shard):  # committed between our first look and the lease
             self._leases.release(shard.name)
             return "done"
         return "ours"
@@ -303,7 +321,7 @@ class StageRun:
         if schema is not None:
             table = table.cast(schema) if table.schema != schema else table
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression=_compression(table.schema))
+        pq.write_table(table, buf, **_write_options(table.schema))
         data = buf.getvalue()
         known = self._commits.get(shard.name)  # the commit this run means to replace, if any (a retry, a resume)
         self._hold(shard)
@@ -315,7 +333,7 @@ class StageRun:
                 return self._commits[shard.name]
             self.store.write_atomic(self.store.path(self.stage, self.key, shard.name), data)
             rec = ShardRecord(table=shard.table, name=shard.name, rows=table.num_rows, start=shard.start,
-                              stop=shard.stop, sha256=sha256_bytes(data), bytes=len(data), seconds=seconds or 0.0)
+                              stop=shard.stop, seconds=seconds or 0.0, **checksums(data))
             self.store.write_atomic(self.store.path(self.stage, self.key, f"{COMMITS}/{shard.name}.json"),
                                     rec.model_dump_json().encode())
             self._commits[shard.name] = rec
@@ -333,17 +351,23 @@ class StageRun:
                 return
             time.sleep(POLL_SECONDS)
 
-    def write_table(self, table_name: str, table: pa.Table) -> ShardRecord:
-        """A whole small table as one shard (ingest tables, metrics)."""
+    def write_table(self, table_name: str, table: pa.Table) -> ShardRecord | None:
+        """A whole small table as one shard (ingest tables, metrics). On a cached run nothing is written and the
+        stored artifact's record is returned: `pending()` yields nothing there and `_commits` is never loaded, so
+        the record must come from the manifest. None when no record exists in this process: a partition worker
+        whose rank does not own shard 0, or a cached manifest without that table."""
         shard = Shard(table_name, 0, 0, table.num_rows)
+        if self.cached:
+            return next((r for r in self.artifact.manifest.shards if r.name == shard.name), None)
         for _ in self.pending(table.num_rows, max(table.num_rows, 1), table_name):
             return self.commit(shard, table)
-        return self._commits[shard.name]
+        self._await_others(table_name)  # committed by a concurrent writer while an eager consumer held other shards
+        return self._commits.get(shard.name)
 
     def write_file(self, name: str, data: bytes) -> FileRecord:
         name = safe_relpath(name)
         self._write_once(self.store.path(self.stage, self.key, name), data)
-        rec = FileRecord(name=name, sha256=sha256_bytes(data), bytes=len(data))
+        rec = FileRecord(name=name, **checksums(data))
         self._files[name] = rec
         return rec
 
@@ -450,12 +474,18 @@ class StageRun:
         self._load_commits()
 
 
-def _compression(schema: pa.Schema):
-    """zstd, except for fixed_size_binary columns (raw float vectors): zstd saves ~7 % on float bytes and made
-    reading them several times slower (bench/embeddings_read.py)."""
-    if not any(pa.types.is_fixed_size_binary(f.type) for f in schema):
-        return "zstd"
-    return {f.name: "none" if pa.types.is_fixed_size_binary(f.type) else "zstd" for f in schema}
+def _write_options(schema: pa.Schema) -> dict:
+    """zstd, except for fixed_size_binary columns (raw float vectors), which are written plain: no compression
+    (zstd saves ~7 % on float bytes and made reading them several times slower), no dictionary (distinct
+    vectors never repeat; the attempt left dictionary pages that cost 2x on read), no min/max statistics
+    (kilobyte-wide byte strings per page, read back for nothing) and one data page per row group (decoding many
+    1 MB pages cost ~25 % more) -- bench/embeddings_read.py."""
+    raw = [f.name for f in schema if pa.types.is_fixed_size_binary(f.type)]
+    if not raw:
+        return {"compression": "zstd"}
+    rest = [f.name for f in schema if f.name not in raw]
+    return {"compression": {f.name: "none" if f.name in raw else "zstd" for f in schema},
+            "use_dictionary": rest, "write_statistics": rest, "data_page_size": 1 << 28}
 
 
 def begin(store: ArtifactStore, stage: str, version: str, params: Any, inputs: Mapping[str, Artifact | str],

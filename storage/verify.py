@@ -3,17 +3,18 @@
 Per artifact folder `<stage>/<key>/`:
 - the manifest: missing (an unfinished run), unreadable, garbage, naming another folder, or written by an
   older store format;
-- every shard and file the manifest lists: present, readable, size and sha256;
+- every shard and file the manifest lists: present, readable, size, sha256 and (when recorded) XXH3;
 - per-item files a table indexes (a `file` column relative to the artifact folder beside a `sha256` column,
-  e.g. GENERATED_IMAGES): present, readable, sha256;
+  e.g. GENERATED_IMAGES written before issue 14): present, readable, sha256 (rows without a `file` keep their
+  bytes in a side-table shard, checked as a shard);
 - `_commits/`: every record parses, is named after its shard, and agrees with the manifest.
 """
 
 from __future__ import annotations
 
-import io
 import posixpath
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cirflow.schemas.errors import StoreError
@@ -54,7 +55,7 @@ def verify_artifact(store: ArtifactStore, stage: str, key: str) -> list[Problem]
             out.append(problem(MANIFEST, f"written by an older store format ({manifest.store_format}), recompute "
                                          f"or migrate (this cirflow writes format {STORE_FORMAT})", "old-format"))
         art = Artifact(store, manifest)
-        out += art.problems()
+        out += art.problems(full=True)
         out += [problem(name, reason) for name, reason in _blob_problems(art, {p.name for p in out})]
     out += [problem(name, reason) for name, reason in _commit_problems(store, stage, key, manifest)]
     return out
@@ -66,9 +67,10 @@ def _blob_problems(art: Artifact, bad_shards: set[str]) -> list[tuple[str, str]]
     for rec in art.manifest.shards:
         if rec.name in bad_shards:
             continue
-        table = pq.read_table(io.BytesIO(art.store.read_bytes(art.file_path(rec.name))))
-        if not set(BLOB_COLUMNS) <= set(table.column_names):
-            continue
+        data = pa.BufferReader(art.store.read_buffer(art.file_path(rec.name)))
+        if not set(BLOB_COLUMNS) <= set(pq.read_schema(data).names):
+            continue  # e.g. a side table holding the images themselves (storage/item_files.py)
+        table = pq.read_table(data, columns=list(BLOB_COLUMNS))
         for name, sha in zip(table.column("file").to_pylist(), table.column("sha256").to_pylist()):
             if not name:
                 continue  # a failed item has no file

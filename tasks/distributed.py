@@ -17,8 +17,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 from cirflow.storage.stage_run import shard_partition
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from cirflow.tasks.lazy_prefect import task  # Prefect on first use: `--plan` never imports it
 
 _WORLD: ContextVar[int] = ContextVar("cirflow_world", default=1)
 
@@ -33,7 +32,7 @@ def partitions(world: int):
         _WORLD.reset(token)
 
 
-@task(name="stage_partition", cache_policy=NO_CACHE, persist_result=False)
+@task(name="stage_partition", cache_policy="NO_CACHE", persist_result=False)
 def run_partition(fn, rank: int, world: int, args: tuple, kwargs: dict) -> dict:
     if "rank" in inspect.signature(fn).parameters:  # declared stages take rank and world as arguments
         fn(*args, **kwargs, rank=rank, world=world)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from cirflow.models.encoder import OpenClipEncoder
 from cirflow.schemas.encoder import EncoderConfig
 from cirflow.schemas.tables import embeddings_schema
 from cirflow.tasks.stage import Context, Runtime, Stage
@@ -49,6 +48,8 @@ class EncoderStage(Stage):
     models = ("encoder",)
 
     def model_factory(self, slot: str, ctx: Context):
+        from cirflow.models.encoder import OpenClipEncoder  # torch, when a model loads: not at `--plan`
+
         return OpenClipEncoder(ctx.params.encoder)
 
     def timings(self, ctx: Context) -> dict:

@@ -51,6 +51,10 @@ class Step:
     key: str
     status: str  # cached | resumed (committed shards of an earlier run) | computed
     inputs: dict[str, str] = field(default_factory=dict)
+    # the model configs in the stage's Params (what its model slots load or ask: an MLLMStage's `mllm`), so the
+    # CLI checks only the servers of stages that compute (flows/method.py); None = the stage names none
+    models: tuple | None = None
+    failed: int | None = None  # failed rows of the stored artifact (cached only): what --retry-failed re-asks
 
 
 class Plan:
@@ -68,7 +72,8 @@ class Plan:
         art = _cached(store, st.name, key)
         status = "cached" if art is not None else "resumed" if _has_commits(store, st.name, key) else "computed"
         if not any(s.key == key for s in self.steps):  # variants that share an artifact list it once
-            self.steps.append(Step(st.name, key, status, keys))
+            failed = int((art.manifest.stats or {}).get("failed") or 0) if art is not None else None
+            self.steps.append(Step(st.name, key, status, keys, _model_configs(params), failed))
         if art is not None:
             return art
         return Planned(st.name, key, status, Manifest(stage=st.name, key=key, version=st.version, params=identity,
@@ -77,6 +82,13 @@ class Plan:
     @property
     def nothing_to_compute(self) -> bool:
         return self.blocked is None and all(s.status == "cached" for s in self.steps)
+
+
+def _model_configs(params) -> tuple | None:
+    """The Params fields that configure a model backend (MLLMConfig: `backend`, `base_url`)."""
+    found = tuple(v for _, v in params if hasattr(v, "backend") and hasattr(v, "base_url")) \
+        if hasattr(type(params), "model_fields") else ()
+    return found or None
 
 
 def _cached(store: ArtifactStore, stage: str, key: str) -> Artifact | None:
@@ -119,8 +131,9 @@ def planning():
 
 
 class Plannable:
-    """A stage's Prefect task (tasks/wrappers.py), except under `--plan`: then its function is called directly,
-    so planning never creates a Prefect task run (nor starts a server to record one)."""
+    """A stage's Prefect task (tasks/wrappers.py), except under `--plan` and in the store shortcut: then its
+    function is called directly, so planning never creates a Prefect task run (nor starts a server to record
+    one; the task itself is a tasks/lazy_prefect.LazyTask, so Prefect is not even imported)."""
 
     def __init__(self, fn, task):
         self.fn, self.task = fn, task

@@ -42,6 +42,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from cirflow.schemas.errors import CirflowError
+from cirflow.schemas.progress import current as current_line, stage_progress
 from cirflow.storage import Artifact, ArtifactStore, Shard, StageRun, begin
 from cirflow.storage.stage_run import shard_partition
 from cirflow.tasks import plan_mode
@@ -70,9 +71,33 @@ def failure_policy(max_failure_rate: float | None, retry_failed: bool | None = N
 
 
 class StageFailed(CirflowError):
-    """A stage's per-item failures exceed its threshold: what succeeded is committed, no manifest is written."""
+    """A stage's per-item failures exceed its threshold: what succeeded is committed, no manifest is written.
+    `execute` attaches what a failed run's report shows: the stage, its key, its counts and every failed row
+    (up to REPORT_FAILURES); `run_folder` is set once that folder is written (the CLI prints it)."""
 
     exit_code = 3
+    stage: str = ""
+    key: str = ""
+    stats: dict = {}
+    failures: list = []
+    report: dict = {}
+    run_folder: str = ""
+
+
+REPORT_FAILURES = 5000  # failed rows a failed run's report lists: enough to see the pattern, bounded in size
+_DONE: ContextVar[list | None] = ContextVar("cirflow_done_artifacts", default=None)
+
+
+@contextmanager
+def record_artifacts():
+    """Collects every artifact `execute` returns inside the block (cached or computed), in order: what a run
+    had finished when a stage stopped it (its failed run folder shows them)."""
+    done: list = []
+    token = _DONE.set(done)
+    try:
+        yield done
+    finally:
+        _DONE.reset(token)
 
 
 class Params(BaseModel):
@@ -169,7 +194,9 @@ class Context:
 
 class Stage:
     """Declaration of one stored stage. Subclasses set the class attributes and implement `items` + `compute`,
-    or override `produce` for stages that are not a map over items (metrics, rankings)."""
+    or override `produce` for stages that are not a map over items (metrics, rankings). The console line of an
+    overriding stage has no count (a pulsing bar and its name) unless it calls `current_line().start(total,
+    done)` / `advance`; a loop it runs through `step_progress` (a training's steps) becomes its count."""
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
@@ -216,12 +243,26 @@ class Stage:
     def produce(self, ctx: Context) -> None:
         work = self.items(ctx)
         shards = list(ctx.run.pending(len(work), ctx.runtime.shard_size, self.table))
-        for shard in _bar(shards, self.name, ctx):
+        # failed rows of shards committed by an EARLIER run (one that stopped at the failure threshold, or
+        # `--retry-failed`) are asked again; this run's own failures are final for this run. Planned before the
+        # pending shards are computed: those are not committed yet, so they cannot be in the plan
+        redo = self._retry_plan(ctx, work, skip={s.index for s in shards})
+        if (line := current_line()) is not None:  # items committed by an earlier run count as done, less the redone
+            line.start(len(work), len(work) - sum(s.stop - s.start for s in shards) - sum(len(r) for _, _, r in redo))
+        for shard in shards:
             t0 = time.perf_counter()
-            self._commit_all(ctx, shard, self.compute(ctx, work[shard.start:shard.stop]), time.perf_counter() - t0)
-        # failed rows of shards committed by an EARLIER run (one that stopped at the failure threshold) are asked
-        # again; this run's own failures are final for this run
-        self.retry_failed_rows(ctx, work, skip={s.index for s in shards})
+            out = self.compute(ctx, work[shard.start:shard.stop])
+            self._commit_all(ctx, shard, out, time.perf_counter() - t0)
+            if line is not None:
+                line.advance(shard.stop - shard.start, failed=self._failed_in(out))
+        self._retry(ctx, work, redo)
+
+    def _failed_in(self, out) -> int:
+        """Failed rows of one computed shard (its status table's `status` column), for the progress line."""
+        t = (dict(out) if isinstance(out, Mapping) else {self.table: out}).get(self.failure_table() or "")
+        if isinstance(t, pa.Table):
+            return 0 if "status" not in t.column_names else sum(s != "ok" for s in t.column("status").to_pylist())
+        return sum(isinstance(r, Mapping) and r.get("status", "ok") != "ok" for r in (t or []))
 
     def _commit_all(self, ctx: Context, shard: Shard, out, seconds: float) -> None:
         """`compute` returns the main table, or {table: rows} with side tables (committed first, so the main
@@ -235,9 +276,15 @@ class Stage:
     def retry_failed_rows(self, ctx: Context, work: Sequence, skip: set[int] = frozenset()) -> None:
         """Recompute the failed items of committed shards: per row, keeping the ok rows, for stages whose rows
         map 1:1 to items (`row_per_item`); else the whole shard that holds a failed row."""
+        self._retry(ctx, work, self._retry_plan(ctx, work, skip))
+
+    def _retry_plan(self, ctx: Context, work: Sequence, skip: set[int] = frozenset()) -> list:
+        """(shard, its committed status table, the row indices to redo) of every committed shard with a failed
+        row; the indices are every row of the shard for stages that redo whole shards."""
         status_name = self.failure_table()
         if not (self.row_per_item or self.redo_failed_shards) or "status" not in _names(self.outputs.get(status_name)):
-            return
+            return []
+        plan = []
         for shard in ctx.run.plan(len(work), ctx.runtime.shard_size, self.table):
             if shard.index in skip or (ctx.world > 1 and shard.index % ctx.world != ctx.rank):
                 continue
@@ -245,19 +292,26 @@ class Stage:
             old = ctx.run.read_shard(status_shard) if ctx.run.read_shard(shard) is not None else None
             if old is None:
                 continue
-            status = old.column("status").to_pylist()
-            redo = [i for i, s in enumerate(status) if s != "ok"]
-            if not redo:
-                continue
+            redo = [i for i, s in enumerate(old.column("status").to_pylist()) if s != "ok"]
+            if redo:
+                plan.append((shard, old, redo if self.row_per_item else list(range(shard.stop - shard.start))))
+        return plan
+
+    def _retry(self, ctx: Context, work: Sequence, plan: list) -> None:
+        line = current_line()
+        for shard, old, redo in plan:
             t0 = time.perf_counter()
             if not self.row_per_item:
-                self._commit_all(ctx, shard, self.compute(ctx, work[shard.start:shard.stop]), time.perf_counter() - t0)
-                continue
-            new = self.compute(ctx, [work[shard.start + i] for i in redo])
-            rows = old.to_pylist()
-            for i, r in zip(redo, new.to_pylist()):
-                rows[i] = r
-            ctx.commit(shard, pa.Table.from_pylist(rows, schema=old.schema), seconds=time.perf_counter() - t0)
+                out = self.compute(ctx, work[shard.start:shard.stop])
+                self._commit_all(ctx, shard, out, time.perf_counter() - t0)
+            else:
+                out = self.compute(ctx, [work[shard.start + i] for i in redo])
+                rows = old.to_pylist()
+                for i, r in zip(redo, out.to_pylist()):
+                    rows[i] = r
+                ctx.commit(shard, pa.Table.from_pylist(rows, schema=old.schema), seconds=time.perf_counter() - t0)
+            if line is not None:  # the redone items advance the line like fresh ones
+                line.advance(len(redo), failed=self._failed_in(out))
 
     # failed items of an earlier run's committed shards are asked again: per row (rows map 1:1 to items, in
     # order), or by recomputing the shard (stages with side tables); neither for failures that are permanent by
@@ -306,12 +360,10 @@ class MLLMStage(Stage):
         return pa.Table.from_pylist([self.row(ctx, it, r) for it, r in zip(items, results)], schema=schema)
 
 
-def _bar(shards: list[Shard], desc: str, ctx: Context):
-    if not ctx.runtime.progress or len(shards) < 2:
-        return shards
-    from tqdm.auto import tqdm
-
-    return tqdm(shards, desc=desc, unit="shard")
+def _produce(st: Stage, ctx: Context) -> None:
+    """`produce` under the stage's line in the console's progress display (nothing drawn off a terminal)."""
+    with stage_progress(st.name, enabled=ctx.runtime.progress):
+        st.produce(ctx)
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -321,7 +373,7 @@ def _names(schema) -> list[str]:
     return list(schema.names) if isinstance(schema, pa.Schema) else []
 
 
-def failure_stats(run: StageRun, table: str, schema: pa.Schema | None) -> dict:
+def failure_stats(run: StageRun, table: str, schema: pa.Schema | None, limit: int = FIRST_FAILURES) -> dict:
     """ok / failed counts and the first failures over every committed shard of `table` (tables with a `status`
     column; `error` and an id column give the reasons)."""
     names = _names(schema)
@@ -332,7 +384,7 @@ def failure_stats(run: StageRun, table: str, schema: pa.Schema | None) -> dict:
     status = t.column("status").to_pylist()
     failed_rows = [i for i, s in enumerate(status) if s != "ok"]
     first = []
-    for i in failed_rows[:FIRST_FAILURES]:
+    for i in failed_rows[:limit]:
         first.append({c: t.column(c)[i].as_py() for c in cols if c != "status"})
     return {"items": len(status), "ok": len(status) - len(failed_rows), "failed": len(failed_rows),
             "failures": first}
@@ -361,8 +413,9 @@ def execute(stage: type[Stage] | Stage, store: ArtifactStore, inputs: Mapping[st
         run = start()
     if run.cached and _outdated(run.artifact, given):
         run.restart()
-    retry = runtime.retry_failed if runtime.retry_failed is not None else _POLICY.get()[1]
+    retry = (runtime.retry_failed if runtime.retry_failed is not None else _POLICY.get()[1]) and _retryable(st)
     if run.cached and not (retry and (run.artifact.manifest.stats or {}).get("failed")):
+        _record(run.artifact)
         return run.artifact
     if run.cached:
         run.reopen()  # --retry-failed: the complete artifact becomes a resumable run again
@@ -377,19 +430,42 @@ def execute(stage: type[Stage] | Stage, store: ArtifactStore, inputs: Mapping[st
     try:
         if world > 1:
             with shard_partition(rank, world):
-                st.produce(ctx)
+                _produce(st, ctx)
             return None
-        st.produce(ctx)
+        _produce(st, ctx)
         name = st.failure_table()
         stats = {**(failure_stats(run, name, st.outputs.get(name)) if name else {}), **st.stats(ctx)}
-        _check_failures(st, runtime, stats)
-        return run.finish(stats=stats, timings=st.timings(ctx), input_content=input_content(given))
+        try:
+            _check_failures(st, runtime, stats)
+        except StageFailed as e:  # what the failed run's report shows (flows/summary.py: publish_failed)
+            e.stage, e.key = st.name, run.key
+            e.report = {**run.report.as_dict(), "status": "failed",  # shards computed before it stopped
+                        "seconds": round(time.perf_counter() - run._t0, 3) if hasattr(run, "_t0") else 0.0}
+            e.stats = {k: v for k, v in stats.items() if k != "failures"}
+            e.failures = failure_stats(run, name, st.outputs.get(name), REPORT_FAILURES).get("failures", [])
+            raise
+        artifact = run.finish(stats=stats, timings=st.timings(ctx), input_content=input_content(given))
+        _record(artifact)
+        return artifact
     finally:
         for h in owned:
             h.close()
         for v in ctx.scratch.values():  # scratch folders (crops) live exactly as long as the stage run
             if hasattr(v, "cleanup"):
                 v.cleanup()
+
+
+def _record(artifact: Artifact | None) -> Artifact | None:
+    if artifact is not None and (done := _DONE.get()) is not None:
+        done.append(artifact)
+    return artifact
+
+
+def _retryable(st: Stage) -> bool:
+    """Whether `--retry-failed` can redo a stage's failed rows: it counts them as failures (not data, e.g. an
+    unreadable collection file) and redoes them per row or per shard (Stage.retry_failed_rows). Any other
+    stage stays cached rather than being reopened for nothing."""
+    return st.failure_table() is not None and bool(st.row_per_item or st.redo_failed_shards)
 
 
 def _outdated(artifact: Artifact, inputs: Mapping[str, Artifact]) -> bool:

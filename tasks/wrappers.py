@@ -18,10 +18,10 @@ from cirflow.tasks.runs import (caption_images, compose_target_text, embed_gener
                                 evaluate, fuse_scores, ingest, ldre_query, reference_mean, retrieve, rewrite_caption,
                                 synthesize_images)
 from cirflow.tasks.stage import Stage, StageFailed
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+# Prefect is imported when a task first runs, not here: `--plan` and the store shortcut never import it
+from cirflow.tasks.lazy_prefect import task
 
-_opts = dict(cache_policy=NO_CACHE, persist_result=False)
+_opts = dict(cache_policy="NO_CACHE", persist_result=False)
 
 
 def _transient(task, task_run, state) -> bool:

@@ -23,7 +23,7 @@ def test_flow_word_limit_and_growth(tmp_path, prefect_server):
     root = bc.make_collection(tmp_path / "c")
     srv = bc.CannedLLM()
     try:
-        config = {"store": str(tmp_path / "store"), "collection": {"kind": "folder", "uri": str(root)},
+        config = {"store": str(tmp_path / "store"), "output_dir": str(tmp_path / "runs"), "collection": {"kind": "folder", "uri": str(root)},
                   "mllm": {"backend": "http", "model": "m", "base_url": srv.url, "api_flavor": "openai"},
                   "captions": {"shard_size": 8}, "texts": {"shard_size": 8},
                   "release": {"out_dir": str(tmp_path / "rel")}}

@@ -54,7 +54,7 @@ def test_flow_end_to_end(tmp_path, tiny_models, prefect_server):
     srv = bc.CannedLLM()
     try:
         config = {
-            "name": "mtcir-test", "store": str(tmp_path / "store"),
+            "name": "mtcir-test", "store": str(tmp_path / "store"), "output_dir": str(tmp_path / "runs"),
             "collection": {"kind": "folder", "uri": str(root)},
             "mllm": {"backend": "http", "model": "m", "base_url": srv.url, "api_flavor": "openai"},
             "encoder": {"model": f"local-dir:{tiny_models['encoder']}", "device": "cpu", "num_workers": 0},

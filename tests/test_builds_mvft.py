@@ -23,7 +23,7 @@ def test_flow_tables_release_and_growth(tmp_path, prefect_server):
     root = bc.make_collection(tmp_path / "c")
     srv = bc.CannedLLM()
     try:
-        config = {"store": str(tmp_path / "store"), "collection": {"kind": "folder", "uri": str(root)},
+        config = {"store": str(tmp_path / "store"), "output_dir": str(tmp_path / "runs"), "collection": {"kind": "folder", "uri": str(root)},
                   "mllm": {"backend": "http", "model": "m", "base_url": srv.url, "api_flavor": "openai"},
                   "texts": {"shard_size": 8}, "captions": {"shard_size": 8},
                   "release": {"out_dir": str(tmp_path / "rel"), "name": "mvft-test"}}

@@ -1,11 +1,13 @@
 """`cirflow demo --method M` for every method of demo/methods.py, as a user runs it: the real CLI in a subprocess
 (its own temporary Prefect server), offline on CPU, with the tiny models each method needs. Each exits 0, leaves
 the config it ran in WORKDIR/configs/, and prints its report: metrics for retrieval methods, counts for refine,
-stages and the release for dataset builds. The demos share one workdir, so tiny models and the mini benchmark
-are built once, as for a user who tries one demo after another."""
+stages and the release for dataset builds (loadable by `datasets.load_dataset(dir)`); IP-CIR draws proxy images
+from the layouts the random model wrote under the layout schema. The demos share one workdir, so tiny models and
+the mini benchmark are built once, as for a user who tries one demo after another."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -15,8 +17,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from cirflow.demo.methods import METHODS
+from cirflow.storage import ArtifactStore
+from cirflow.storage.item_files import ItemFiles
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "cirflow.cli.main"]
@@ -27,10 +32,26 @@ EXPECTED = {
     "cirevl": ["rewrite_caption", "recall@1", "recall_subset@1"],
     "ldre": ["ldre_query", "recall@1"],
     "ip_cir": ["plan_layout", "synthesize_proxies", "robust_proxy", "map@5", "map@50"],
-    "build_mtcir": ["pair_groups", "mtcir_texts", "ok failed"],  # no release: the tiny model writes no JSON
+    "build_mtcir": ["pair_groups", "mtcir_texts", "ok failed", "release:"],  # JSON texts: constrained decoding
     "build_instructcir": ["random_pairs", "instructcir_texts", "ok failed", "release:"],
     "build_mvft": ["mvft_texts", "caption_collection", "ok failed", "release:"],
 }
+
+
+def _assert_proxies_drawn(store: ArtifactStore) -> None:
+    """Constrained decoding gives the random MLLM valid layout JSON: some layouts pass the layout rules (boxes
+    with x1 < x2 and y1 < y2) and GLIGEN draws proxy images from them."""
+    (layouts,) = [m for m in store.manifests() if m.stage == "plan_layout"]
+    assert layouts.stats["ok"] > 0, layouts.stats
+    ok = [r for r in store.open("plan_layout", layouts.key).read().to_pylist() if r["status"] == "ok"]
+    assert all(0 <= v <= 1 for r in ok for i in json.loads(r["layout_json"])["instances"] for v in i["box"])
+    (proxies,) = [m for m in store.manifests() if m.stage == "synthesize_proxies"]
+    art = store.open("synthesize_proxies", proxies.key)
+    drawn = [r for r in art.read().to_pylist() if r["status"] == "ok"]
+    assert {r["id"] for r in drawn} == {r["id"] for r in ok}, proxies.stats  # every ok layout is drawn
+    files = ItemFiles(art)
+    for r in drawn:
+        assert Image.open(io.BytesIO(files.read(r))).size == (32, 32)
 
 
 @pytest.fixture(scope="module")
@@ -66,5 +87,11 @@ def test_demo_of_every_method_runs_offline_and_reports(method, workdir, tmp_path
     if "release" in config:
         release = Path(config["release"]["out_dir"])
         assert (release / "README.md").is_file() and list((release / "data").glob("*.parquet"))
+        import datasets
+
+        ds = datasets.load_dataset(str(release), cache_dir=str(tmp_path / "hf"))["train"]
+        assert ds.num_rows > 0
+    if method == "ip_cir":
+        _assert_proxies_drawn(ArtifactStore(config["store"]))
     if not method.startswith("build_"):
         assert "metrics (percent)" in out.stdout and "run folder:" in out.stdout

@@ -229,7 +229,7 @@ def build_config(tmp_path_factory, tiny_models) -> Path:
         (d / "images" / f"class{i % 2}").mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (48, 48), colour).save(d / "images" / f"class{i % 2}" / f"{i}.png")
     short = {"max_tokens": 6}
-    cfg = {"method": "build_mvft", "name": "nightly-mvft", "store": str(d / "store"),
+    cfg = {"method": "build_mvft", "name": "nightly-mvft", "store": str(d / "store"), "output_dir": str(d / "runs"),
            "collection": {"kind": "folder", "uri": str(d / "images")},
            "mllm": {"backend": "transformers", "model": str(tiny_models["mllm"]), "device": "cpu"},
            "captions": {"sampling": short}, "texts": {"sampling": short, "target_sampling": short},

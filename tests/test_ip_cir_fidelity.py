@@ -33,6 +33,7 @@ from cirflow.models.images import load_image
 from cirflow.models.tiny_diffusion import build_tiny_gligen, build_tiny_gligen_text_image
 from cirflow.schemas.layout import Layout, ProxyConfig
 from cirflow.storage import ArtifactStore, begin
+from cirflow.storage.item_files import ItemFiles
 from cirflow.tasks.runs import ingest
 from cirflow.tasks.ip_cir import synthesize_proxies
 from cirflow.tasks.lazy import Lazy
@@ -171,7 +172,7 @@ def test_synthesize_proxies_by_source_uses_the_reference_crop(tmp_path, mini_ben
     pair = load_gligen(cfg)
     _open_gates(pair.pipeline("gligen_text_image"))
     art = synthesize_proxies.run(store, bench, layouts, cfg, pipeline=Lazy(lambda: pair), progress=False)
-    got = {(r["id"], r["sample"]): np.asarray(Image.open(io.BytesIO(art.read_blob(r["file"], r["sha256"]))))
+    got = {(r["id"], r["sample"]): np.asarray(Image.open(io.BytesIO(ItemFiles(art).read(r))))
            for r in art.read().to_pylist()}
     assert len(got) == 4
     images = {r["image_id"]: r for r in bench.read("images").to_pylist()}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from cirflow.schemas.layout import Layout, load_layout
+from cirflow.schemas.layout import load_layout
 from cirflow.schemas.mllm import MLLMConfig, SamplingParams
 from cirflow.schemas.tables import TEXTS
 from cirflow.storage import ArtifactStore, begin, item_seed
@@ -137,7 +137,8 @@ def test_canned_llm_success_salvage_retry_and_failure(tmp_path, mini_bench, cann
     assert len(bodies) == (12 - len(no_caption)) + 1 + 2  # first attempts + q1's retry + q3's two retries
     by_seed = {b["seed"]: b for b in bodies}
     b0 = by_seed[s(q[0], 0)]
-    assert b0["response_format"]["json_schema"]["schema"] == Layout.model_json_schema()
+    assert b0["response_format"]["json_schema"]["schema"] == plan_layout.request_schema()
+    assert b0["response_format"]["json_schema"]["strict"] is True
     assert b0["messages"][0]["role"] == "system" and "four steps" in b0["messages"][0]["content"]
     user = b0["messages"][1]["content"]  # text only: a plain string, or a list holding just text parts
     if isinstance(user, list):

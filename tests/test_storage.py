@@ -49,6 +49,23 @@ def test_compute_then_cached(tmp_path):
     assert art2.manifest.stats == {"n": 10} and art2.manifest.libraries["pyarrow"]
 
 
+def test_write_table_on_a_cached_run_returns_the_stored_record(tmp_path):
+    # a whole-table writer (ingest, metrics, tests' texts_artifact) run twice on one store: the second run is
+    # cached, writes nothing and must hand back the stored artifact, not fail looking for its own commit
+    store = ArtifactStore(str(tmp_path))
+
+    def whole(values):
+        run = begin(store, "whole", "1", {"a": 1}, inputs={})
+        rec = run.write_table("data", pa.table({"x": values}))
+        return run, rec, run.finish()
+
+    run1, rec1, art1 = whole([1, 2, 3])
+    run2, rec2, art2 = whole([9, 9, 9])  # same key: the stored table wins, nothing is rewritten
+    assert (run1.report.status, run2.report.status) == ("computed", "cached")
+    assert rec2 == rec1 and art2.key == art1.key and run2.report.shards_computed == 0
+    assert art2.read().column("x").to_pylist() == [1, 2, 3]
+
+
 def test_interrupted_run_resumes_committed_shards(tmp_path):
     store = ArtifactStore(str(tmp_path))
     with pytest.raises(RuntimeError):
@@ -137,3 +154,59 @@ def test_partitions_compute_disjoint_shards_and_leave_the_manifest_to_the_driver
     driver, art = _run(store, shard=2)
     assert (driver.report.status, driver.report.shards_computed, driver.report.shards_skipped) == ("resumed", 0, 5)
     assert art.read().column("x").to_pylist() == list(range(10))
+
+
+def _flip_byte(path: str) -> None:
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0x01  # same size: only a checksum can tell
+    open(path, "wb").write(bytes(data))
+
+
+def _rewrite_manifest(art, edit) -> None:
+    path = art.file_path("_manifest.json")
+    doc = json.loads(open(path).read())
+    for rec in doc["shards"]:
+        edit(rec)
+    open(path, "w").write(json.dumps(doc))
+
+
+def test_reads_check_xxh3_and_verify_checks_sha256(tmp_path, capsys):
+    import hashlib
+
+    import xxhash
+
+    store = ArtifactStore(str(tmp_path))
+    _, art = _run(store)
+    rec = art.manifest.shards[1]
+    data = open(art.file_path(rec.name), "rb").read()
+    assert (rec.sha256, rec.xxh3_128) == (hashlib.sha256(data).hexdigest(), xxhash.xxh3_128_hexdigest(data))
+    # a wrong sha256 beside a right XXH3: reads pass (they check XXH3 only), verify names the file
+    _rewrite_manifest(art, lambda r: r.update(sha256="0" * 64) if r["name"] == rec.name else None)
+    assert store.open("toy", art.key).read().column("x").to_pylist() == list(range(10))
+    assert main(["store", "--root", str(tmp_path), "verify"]) == 1
+    assert f"{rec.name}: checksum mismatch" in capsys.readouterr().out
+    # a flipped byte is caught by the XXH3 on read
+    _, art = _run(store, params={"a": 2})
+    _flip_byte(art.file_path(rec.name))
+    with pytest.raises(StoreError, match="checksum mismatch"):
+        store.open("toy", art.key).read()
+
+
+def test_records_without_xxh3_are_read_against_sha256(tmp_path):
+    # manifests written before XXH3 was recorded keep their keys and still read; their check is the sha256
+    store = ArtifactStore(str(tmp_path))
+    _, art = _run(store)
+    _rewrite_manifest(art, lambda r: r.pop("xxh3_128"))
+    for rec in art.manifest.shards:  # the commit records an older writer left
+        path = art.file_path(f"_commits/{rec.name}.json")
+        doc = json.loads(open(path).read())
+        doc.pop("xxh3_128")
+        open(path, "w").write(json.dumps(doc))
+    old = store.open("toy", art.key)
+    assert all(s.xxh3_128 is None for s in old.manifest.shards)
+    assert old.read().column("x").to_pylist() == list(range(10)) and store.verify() == []
+    run, again = _run(store)
+    assert run.report.status == "cached" and again.key == art.key
+    _flip_byte(art.file_path(art.manifest.shards[0].name))
+    with pytest.raises(StoreError, match="checksum mismatch"):
+        store.open("toy", art.key).read()

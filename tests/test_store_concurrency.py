@@ -140,7 +140,7 @@ EMBED = textwrap.dedent("""
     from cirflow.tasks.runs import embed_images, embed_texts, ingest
     root, go, bench_root, model = sys.argv[1:5]
     cfg = EncoderConfig(model=f"local-dir:{model}", device="cpu", num_workers=0, batch_size=4)
-    embed_images.OpenClipEncoder  # import before the start line, so the writers overlap in the stages, not in imports
+    import cirflow.models.encoder  # import before the start line, so the writers overlap in the stages, not in imports
     while not os.path.exists(go):
         time.sleep(0.002)
     store = ArtifactStore(root)

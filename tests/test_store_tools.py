@@ -1,10 +1,11 @@
 """`cirflow store head | export | rm | gc` on a store shared by two real PEFUSE runs (tiny random-weight models,
 the generated mini benchmark): the runs share ingest and compose_target_text and differ in the encoder, so each
-owns its embeddings, rankings and evaluation. Also: every run folder keeps its resolved config."""
+owns its embeddings, rankings and evaluation; a build shares the store. Also: every run folder keeps its resolved
+config."""
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -13,8 +14,12 @@ import yaml
 
 from cirflow.cli.main import main
 from cirflow.cli.run import run_config
-from cirflow.flows.registry import parse_config
-from cirflow.storage import ArtifactStore
+from cirflow.flows.registry import load_config, parse_config
+from cirflow.storage import ArtifactStore, index
+
+_spec = importlib.util.spec_from_file_location("builds_common", Path(__file__).with_name("test_builds_common.py"))
+bc = importlib.util.module_from_spec(_spec)  # make_collection(), CannedLLM: the build tests' collection and LLM
+_spec.loader.exec_module(bc)
 
 pytestmark = pytest.mark.slow
 
@@ -134,6 +139,45 @@ def test_rm_removes_dependents_transitively(shared, capsys):
     assert rc == 0 and f"{len(expect)} artifact(s) removed" in out and len(expect) >= 3
     assert stored(tmp / "store") == set(manifests) - expect
     assert keys["encoder"] <= stored(tmp / "store")
+    rc, _, _ = cli(capsys, "verify", "--root", root)
+    assert rc == 0
+
+
+def test_gc_keeps_a_build_beside_a_run_and_rm_drops_index_markers(shared, capsys):
+    """A build (MVFT-style, the build tests' stand-in LLM) writes its run folder beside the runs': `gc --runs`
+    keeps its artifacts with no release folder named; what rm / gc remove leaves no key-index marker behind."""
+    tmp, keys, folders = shared
+    root = str(tmp / "store")
+    runs = keys["encoder"] | keys["encoder_b"]
+    srv = bc.CannedLLM()
+    try:
+        cfg = {"name": "mvft-gc", "store": root, "output_dir": str(tmp / "runs"),
+               "collection": {"kind": "folder", "uri": str(bc.make_collection(tmp / "collection"))},
+               "mllm": {"backend": "http", "model": "m", "base_url": srv.url, "api_flavor": "openai"},
+               "texts": {"shard_size": 8}, "captions": {"shard_size": 8}}
+        (tmp / "build.yaml").write_text(yaml.safe_dump(cfg))
+        doc = run_config(load_config(str(tmp / "build.yaml"), "build_mvft"), progress=False)
+    finally:
+        srv.close()
+    built = set(doc["artifacts"].values())
+    assert len(built) == 3 and stored(tmp / "store") == runs | built
+    assert Path(doc["output_dir"]).parent == tmp / "runs" / "mvft-gc"
+
+    shutil.rmtree(folders["encoder_b"])  # run B is gone; run A and the build stay referenced
+    rc, out, _ = cli(capsys, "gc", "--root", root, "--runs", str(tmp / "runs"))
+    assert rc == 0 and stored(tmp / "store") == keys["encoder"] | built
+
+    store = ArtifactStore(root)
+    markers = {(s, k): Path(index.marker_path(store, s, k)) for s, k in index.entries(store)}
+    assert {k for _, k in markers} == keys["encoder"] | built  # gc took B's markers with B's artifacts
+    caps = next(k for k in built if store.find(k).stage == "caption_collection")
+    assert markers[("caption_collection", caps)].is_file()
+    rc, out, _ = cli(capsys, "rm", caps[:12], "--root", root)
+    assert rc == 0 and out.startswith("removed caption_collection/")
+    assert not markers[("caption_collection", caps)].exists()
+    assert all(p.is_file() for (_, k), p in markers.items() if k != caps)
+    rc, _, err = cli(capsys, "show", caps[:12], "--root", root)
+    assert rc != 0 and err.strip() == f"cirflow: error: no artifact with key {caps[:12]!r} in {root}"
     rc, _, _ = cli(capsys, "verify", "--root", root)
     assert rc == 0
 

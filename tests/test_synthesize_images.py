@@ -3,6 +3,7 @@ conditioning, failed items, corrupted image files, and kill -9 then resume."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from cirflow.schemas.diffusion import DiffusionConfig
 from cirflow.schemas.errors import CirflowError
 from cirflow.schemas.tables import TEXTS
 from cirflow.storage import ArtifactStore, begin, item_seed
+from cirflow.storage.item_files import ItemFiles
 from cirflow.tasks.runs import ingest, synthesize_images
 
 N_QUERIES = 30  # mini CIRR
@@ -52,8 +54,9 @@ def _content(art) -> list[dict]:
     return art.read().drop_columns(["seconds"]).to_pylist()
 
 
-def _files(art) -> dict[str, bytes]:
-    return {r["file"]: art.read_blob(r["file"], r["sha256"]) for r in art.read().to_pylist() if r["file"]}
+def _files(art) -> dict[tuple[str, int], bytes]:
+    files = ItemFiles(art)
+    return {(r["id"], r["sample"]): files.read(r) for r in art.read().to_pylist() if r["status"] == "ok"}
 
 
 def test_modification_conditioning_failures_corruption_and_grid(tmp_path, mini_bench, ip2p, shared):
@@ -79,9 +82,10 @@ def test_modification_conditioning_failures_corruption_and_grid(tmp_path, mini_b
     mods = {q["query_id"]: q["modification"] for q in queries}
     for r in rows:
         assert r["prompt"] == mods[r["id"]] and r["seed"] == item_seed(0, f"{r['id']}:{r['sample']}")
-        if r["status"] == "ok":
-            assert (r["width"], r["height"]) == (32, 32) and r["file"] == synthesize_images.blob_name(r["id"], r["sample"])
-            assert Image.open(art.file_path(r["file"])).size == (32, 32)
+        if r["status"] == "ok":  # PNGs in the images side table, not one file each (storage/item_files.py)
+            assert (r["width"], r["height"]) == (32, 32) and r["file"] is None
+            assert Image.open(io.BytesIO(ItemFiles(art).read(r))).size == (32, 32)
+    assert not Path(art.file_path("images")).exists()
     stats = art.manifest.stats
     assert (stats["images"], stats["failed"], stats["ok"]) == (2 * N_QUERIES, 2 * n_broken, 2 * (N_QUERIES - n_broken))
     assert stats["peak_gpu_memory_bytes"] is None and stats["model_seconds_per_image"] > 0
@@ -92,16 +96,17 @@ def test_modification_conditioning_failures_corruption_and_grid(tmp_path, mini_b
     grid = synthesize_images.image_grid(art, bench, tmp_path / "grid.png", n_queries=5)
     assert Image.open(grid).size[1] > Image.open(grid).size[0] > 400
 
-    # a corrupted image file is detected, and the next run recomputes just the shard that indexes it
-    ok = next(r for r in rows[20:] if r["status"] == "ok")
-    target = Path(art.file_path(ok["file"]))
+    # a corrupted images shard is detected, and the next run recomputes just that shard (its intact index shard
+    # is kept, counted as skipped)
+    target = Path(art.file_path("images-00001.parquet"))
     good = target.read_bytes()
-    target.write_bytes(good[:-10] + b"0123456789")
+    target.write_bytes(good[:-30] + b"0123456789" + good[-20:])
     problems = synthesize_images.verify_images(art)
-    assert len(problems) == 1 and ok["file"] in problems[0] and "checksum" in problems[0]
+    shard_ids = {r["id"] for r in rows[16:32] if r["status"] == "ok"}
+    assert problems and all("checksum mismatch" in p and p.split("#")[0] in shard_ids for p in problems)
     again = synthesize_images.run(store, bench, cfg, shard_size=8, progress=False, pipeline=shared)
     assert again.key == art.key and again.report.status == "resumed"
-    assert (again.report.shards_computed, again.report.shards_skipped) == (1, 3)
+    assert (again.report.shards_computed, again.report.shards_skipped) == (1, 4)
     assert target.read_bytes() == good and synthesize_images.verify_images(again) == []
     assert synthesize_images.run(store, bench, cfg, shard_size=8, progress=False, pipeline=shared).report.status == "cached"
 
@@ -188,7 +193,7 @@ def test_kill9_then_resume_keeps_committed_images_and_equals_uninterrupted(tmp_p
     commits: list[Path] = []
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        commits = list(killed.glob("synthesize_images/*/_commits/*.json"))
+        commits = list(killed.glob("synthesize_images/*/_commits/data-*.json"))
         if len(commits) >= 3:
             break
         time.sleep(0.02)
@@ -198,19 +203,17 @@ def test_kill9_then_resume_keeps_committed_images_and_equals_uninterrupted(tmp_p
     assert 3 <= len(commits) < 15
     art_dir = commits[0].parent.parent
     assert not (art_dir / "_manifest.json").exists()
-    # images indexed by committed shards: remember their bytes and mtimes
-    import pyarrow.parquet as pq
-
-    committed_files = [f for c in commits for f in
-                       pq.read_table(art_dir / c.name.removesuffix(".json")).column("file").to_pylist() if f]
+    # the images shards of committed shards: remember their bytes and mtimes
+    committed_files = [c.name.removesuffix(".json").replace("data-", "images-") for c in commits]
     before = {f: ((art_dir / f).read_bytes(), (art_dir / f).stat().st_mtime_ns) for f in committed_files}
-    assert len(before) >= 6
+    assert len(before) >= 3
 
     store = ArtifactStore(str(killed))
     bench = ingest.run(store, "cirr", str(mini_bench["cirr"]))
     resumed = synthesize_images.run(store, bench, cfg, shard_size=2, progress=False, pipeline=shared)
     assert resumed.report.status == "resumed" and resumed.report.shards_skipped >= 3
-    assert resumed.report.shards_computed + resumed.report.shards_skipped == 15
+    # every shard not skipped is computed as two commits: its images side table and its index
+    assert resumed.report.shards_computed == 2 * (15 - resumed.report.shards_skipped)
     for f, (data, mtime) in before.items():
         assert (art_dir / f).read_bytes() == data and (art_dir / f).stat().st_mtime_ns == mtime, f
 

@@ -15,6 +15,7 @@ from cirflow.models.gligen import call_kwargs, generate, load_gligen
 from cirflow.models.tiny_diffusion import build_tiny_gligen, build_tiny_gligen_text_image
 from cirflow.schemas.layout import Layout, ProxyConfig
 from cirflow.storage import ArtifactStore, begin, item_seed
+from cirflow.storage.item_files import ItemFiles
 from cirflow.tasks.runs import ingest
 from cirflow.tasks.ip_cir import synthesize_proxies
 from cirflow.tasks.lazy import Lazy
@@ -63,7 +64,7 @@ LAYOUT_FAILURES_EXPECTED = 1.0
 
 
 def _pixels(art) -> dict:
-    return {(r["id"], r["sample"]): np.asarray(Image.open(io.BytesIO(art.read_blob(r["file"], r["sha256"]))))
+    return {(r["id"], r["sample"]): np.asarray(Image.open(io.BytesIO(ItemFiles(art).read(r))))
             for r in art.read().to_pylist() if r["status"] == "ok"}
 
 

@@ -26,10 +26,20 @@ Developer notes
 - The last incomplete global batch of an epoch is dropped. fp16/bf16 and GPU kernels are not bit-exact.
 """
 
-from cirflow.training.dist import all_gather_with_grad
-from cirflow.training.engine import FitResult, fit
-from cirflow.training.launch import launch
-from cirflow.training.export import load_model
+from cirflow.training.launch import launch  # eager: the function must shadow its submodule's name
 from cirflow.training.seeds import over_seeds, seeds_summary
+
+# The torch-heavy names load on first access (PEP 562): importing any cirflow.training module runs this file, and a
+# flow that only needs `seeds_summary` must not import torch through the engine (`cirflow run --plan`).
+_LAZY = {"all_gather_with_grad": "dist", "FitResult": "engine", "fit": "engine", "load_model": "export"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f"cirflow.training.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["FitResult", "all_gather_with_grad", "fit", "launch", "load_model", "over_seeds", "seeds_summary"]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_model, save_model
-from tqdm.auto import tqdm
 
 from cirflow.schemas.errors import ConfigError
+from cirflow.schemas.progress import step_progress
 from cirflow.schemas.training import TrainConfig
 from cirflow.training.checkpoint import Checkpointer
 from cirflow.training.data import epoch_permutation, rank_batches, steps_per_epoch, to_device
@@ -54,7 +54,8 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, dataset: Sequence, cfg: TrainCo
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.grad_accumulation_steps, **_plugins(cfg))
     try:
-        return _fit(accelerator, model, loss_fn, dataset, cfg, ckpt_dir, collate, log, set_seed)
+        with contextlib.ExitStack() as bars:  # the progress line ends with the run, also when it raises
+            return _fit(accelerator, model, loss_fn, dataset, cfg, ckpt_dir, collate, log, set_seed, bars)
     finally:
         if accelerator.num_processes > 1:
             accelerator.wait_for_everyone()
@@ -63,7 +64,8 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, dataset: Sequence, cfg: TrainCo
         GradientState._reset_state()
 
 
-def _fit(accelerator, model, loss_fn, dataset, cfg: TrainConfig, ckpt_dir: Path, collate, log, set_seed):
+def _fit(accelerator, model, loss_fn, dataset, cfg: TrainConfig, ckpt_dir: Path, collate, log, set_seed,
+         bars: contextlib.ExitStack):
     rank, world = accelerator.process_index, accelerator.num_processes
     if world != cfg.world_size:
         raise ConfigError(f"training started with {world} processes but launcher.num_processes is "
@@ -90,8 +92,9 @@ def _fit(accelerator, model, loss_fn, dataset, cfg: TrainConfig, ckpt_dir: Path,
             accelerator.scaler.load_state_dict(state["scaler"])
     resumed_from = step
     collate = collate or torch.utils.data.default_collate
-    bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not (cfg.progress and rank == 0 and sys.stderr.isatty()))
+    # the training stage's line shows "step i/total loss ..."; run outside a stage, a "train" line of its own
+    bar = bars.enter_context(step_progress(total, "step", done=step, enabled=cfg.progress and rank == 0,
+                                           standalone="train"))
     t_start = time.perf_counter()
     while step < total:
         epoch, in_epoch = divmod(step, per_epoch)
@@ -136,13 +139,12 @@ def _fit(accelerator, model, loss_fn, dataset, cfg: TrainConfig, ckpt_dir: Path,
             if log is not None and rank == 0:
                 log(row)
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{row['samples_per_s']:.0f}")
+            bar.postfix(f"loss {row['loss']:.4f} · {row['samples_per_s']:.0f} samples/s")
             if step % cfg.checkpoint_every == 0 and step < total:
                 scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
                 ckpt.save(step, raw, optimizer, {"step": step, "epoch": epoch, "in_epoch": step - epoch * per_epoch,
                                                  "world_size": world, "scaler": scaler}, rows)
         del micro, loader
-    bar.close()
     stats = {"steps": total, "epochs": math.ceil(total / per_epoch), "samples": total * E,
              "resumed_from": resumed_from, "world_size": world, "steps_per_epoch": per_epoch,
              "seconds": round(time.perf_counter() - t_start, 3)}

@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 from cirflow.schemas.errors import CirflowError
 from cirflow.schemas.training import TrainSpec
 
@@ -40,6 +38,8 @@ def command(spec: TrainSpec, spec_path: Path) -> list[str]:
     cfg = spec.train
     n = cfg.launcher.num_processes
     worker = ["-m", WORKER, "--spec", str(spec_path)]
+    import torch  # here: cirflow.training's package init imports this module, and `--plan` must not load torch
+
     if cfg.launcher.kind == "accelerate" and torch.cuda.is_available():
         return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n),
                 *(["--multi_gpu"] if n > 1 else []), "--mixed_precision", cfg.mixed_precision,

@@ -1,4 +1,4 @@
-"""`report.html` of a run, comparison or sweep folder, rebuilt from its summary.json and the store
+"""`report.html` of a run, comparison, sweep or build folder, rebuilt from its summary.json and the store
 (`cirflow report RUN_DIR`; flows write it when they publish their summary)."""
 
 from __future__ import annotations
@@ -56,13 +56,19 @@ def write_report(run_dir: str | Path, store: ArtifactStore | None = None) -> Pat
     run_dir = Path(run_dir)
     doc = load_summary(run_dir)
     store = store or ArtifactStore(doc["store"])
+    if doc.get("kind") == "build":  # a training-data build: triplets, not queries
+        from cirflow.flows.report_html.build import write_build_report
+
+        return write_build_report(run_dir, doc, store)
     collector = Collector(doc, store, Thumbs(run_dir))
     variants, queries = collector.queries()
     title = f"{doc.get('method', 'comparison')}: {doc.get('run') or doc.get('name')}"
+    if doc.get("status") == "failed":  # stopped by a stage over its failure threshold (summary.json)
+        title += " (failed)"
     sub = (f"benchmark {doc.get('benchmark')} · {len(queries)} queries · {len(variants)} variant(s) · "
            f"store {doc['store']}")
     page = render(title, sub, _metrics(doc), _stages(doc, store), _plots(doc, run_dir), variants, queries,
-                  collector.k_ranked)
+                  collector.k_ranked, doc.get("failed_stage"))
     out = run_dir / REPORT
     tmp = out.with_suffix(".tmp")
     tmp.write_text(page, encoding="utf-8")

@@ -11,6 +11,8 @@ from pathlib import Path
 from cirflow.flows.report_html.thumbs import Thumbs
 from cirflow.schemas.errors import ConfigError
 from cirflow.storage import Artifact, ArtifactStore
+from cirflow.storage.item_files import ItemFiles
+from cirflow.tasks.stage import ID_COLUMNS
 
 TOP_SHOWN = 10  # thumbnails per ranking: a benchmark-scale page stays light; the rank itself counts the whole top-k
 RANKINGS_COLS = {"query_id", "ranked_ids"}
@@ -42,6 +44,8 @@ def variants_of(doc: dict, store: ArtifactStore) -> list[Variant]:
     out: dict[str, Variant] = {}
     opened: dict[str, Artifact] = {}
     for s in doc["stages"]:
+        if s.get("status") == "failed":  # stopped over its failure threshold: no manifest to open (failed_stage)
+            continue
         if "variant" in s:
             name, group = f"{s['encoder']} · {s['variant']}", s["group"]
         else:
@@ -61,6 +65,7 @@ class Collector:
         self.doc, self.store, self.thumbs, self.top = doc, store, thumbs, top
         self.genecis = doc.get("benchmark") == "genecis"
         self._tables: dict[tuple[str, str], list[dict]] = {}
+        self._files: dict[str, ItemFiles] = {}  # generated images per artifact key (both storage layouts)
         self.k_ranked = 0  # the longest ranking: "not in top-k" means not in what retrieval kept
 
     def rows(self, art: Artifact, table: str) -> list[dict]:
@@ -74,9 +79,13 @@ class Collector:
         groups = list(dict.fromkeys(g for v in variants for g in v.groups))
         out = []
         for group in groups:
-            ingest = next(a for v in variants for a in v.groups.get(group, []) if a.stage == "ingest")
+            ingest = next((a for v in variants for a in v.groups.get(group, []) if a.stage == "ingest"), None)
+            if ingest is None:  # a failed run stopped before its queries were read
+                continue
             images = {r["image_id"]: r for r in self.rows(ingest, "images")}
             per_variant = [self._variant_outputs(v.groups.get(group, []), images) for v in variants]
+            if len(per_variant) == 1:
+                self._failed_rows(group, per_variant[0])
             for q in self.rows(ingest, "queries"):
                 out.append(self._query(group, q, images, per_variant))
         return [v.name for v in variants], out
@@ -97,8 +106,9 @@ class Collector:
                     rankings = {r["query_id"]: r for r in self.rows(a, table)}  # the last ranking is the variant's
                 elif GENERATED_COLS <= cols:
                     for r in self.rows(a, table):
-                        thumb = (self.thumbs.blob(lambda a=a, r=r: a.read_blob(r["file"], r["sha256"]), r["sha256"],
-                                                  f"{a.stage}/{r['file']}") if r["status"] == "ok" else None)
+                        files = self._files.setdefault(a.key, ItemFiles(a))
+                        thumb = (self.thumbs.blob(lambda f=files, r=r: f.read(r), r["sha256"],
+                                                  f"{a.stage}/{r['file'] or r['id']}") if r["status"] == "ok" else None)
                         entry = {"stage": a.stage, "image": thumb, "text": r.get("prompt"), "ok": r["status"] == "ok"}
                         (by_ref if r["id"] in images else outputs).setdefault(r["id"], []).append(entry)
                 elif TEXTS_COLS <= cols:
@@ -108,6 +118,18 @@ class Collector:
                                  "ok": r["status"] == "ok"}
                         (by_ref if r["id"] in images else outputs).setdefault(r["id"], []).append(entry)
         return {"rankings": rankings, "outputs": outputs, "by_ref": by_ref}
+
+    def _failed_rows(self, group: str, outputs: dict) -> None:
+        """A run stopped by a failed stage: its failed rows (not in any artifact: no manifest) shown under their
+        queries (or reference images), with the reason."""
+        failed = self.doc.get("failed_stage") or {}
+        if failed.get("label") != group:
+            return
+        for r in failed.get("failures") or []:
+            item = next((r[c] for c in ID_COLUMNS if r.get(c) is not None), None)
+            entry = {"stage": failed["stage"], "text": f"failed: {r.get('error') or 'unknown'}", "ok": False}
+            outputs["outputs"].setdefault(item, []).append(entry)
+            outputs["by_ref"].setdefault(item, []).append(entry)
 
     def _query(self, group: str, q: dict, images: dict, per_variant: list[dict]) -> dict:
         candidates = q.get("candidate_ids") or []

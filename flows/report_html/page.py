@@ -33,10 +33,44 @@ line-height:72px;margin:1px}
 #pager button{margin:0 2px}
 """
 
-SCRIPT = r"""
+# What every report page shares (run, comparison, build): its data blob, HTML escaping, the page buttons and the
+# "all images loaded" status the Chromium tests wait for.
+COMMON_SCRIPT = r"""
 const D = JSON.parse(document.getElementById('data').textContent);
 const ENT = {'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'};
 const esc = s => String(s ?? '').replace(/[&<>"']/g, c => ENT[c]);
+function waitImages() {
+  const st = document.getElementById('img-status');
+  const imgs = [...document.querySelectorAll('img')];
+  st.dataset.state = 'loading';
+  const check = () => {
+    if (!imgs.every(i => i.complete)) return setTimeout(check, 50);
+    const bad = imgs.filter(i => !i.naturalWidth).length;
+    st.dataset.state = bad ? 'broken' : 'loaded';
+    st.textContent = bad ? `${bad} of ${imgs.length} images failed to load` : `all ${imgs.length} images loaded`;
+  };
+  check();
+}
+// the current page of `items` that pass the filter (`keep`), drawn with `row`, and the count / filter / page bar
+function showPage(items, noun) {
+  const list = items.filter(keep);
+  const pages = Math.max(1, Math.ceil(list.length / D.page_size));
+  S.page = Math.min(S.page, pages);
+  const shown = list.slice((S.page - 1) * D.page_size, S.page * D.page_size);
+  document.getElementById('rows').innerHTML = shown.map(row).join('');
+  const c = document.getElementById('count');
+  c.dataset.shown = shown.length; c.dataset.matching = list.length;
+  c.textContent = `${list.length} of ${items.length} ${noun} match; showing ${shown.length}`;
+  for (const b of document.querySelectorAll('[data-filter]')) b.classList.toggle('on', b.dataset.filter === S.filter);
+  drawPager(pages);
+}
+function drawPager(pages) {
+  document.getElementById('pager').innerHTML = pages < 2 ? '' : Array.from({length: pages}, (_, i) =>
+    `<button ${i + 1 === S.page ? 'class="on"' : ''} onclick="writeHash({page:${i + 1}})">${i + 1}</button>`).join('');
+}
+"""
+
+SCRIPT = COMMON_SCRIPT + r"""
 const S = {filter: 'all', k: D.k_default, page: 1};
 function readHash() {
   const h = new URLSearchParams(location.hash.slice(1));
@@ -80,32 +114,10 @@ function row(q) {
     thumb(q.ref, `reference ${q.ref_id}`, 'ref', '') + `<div class="mod">${esc(q.mod)}</div>` +
     (targets ? `<div>targets:<br>${targets}</div>` : '') + '</td>' + q.v.map(v => cell(q, v)).join('') + '</tr>';
 }
-function waitImages() {
-  const st = document.getElementById('img-status');
-  const imgs = [...document.querySelectorAll('img')];
-  st.dataset.state = 'loading';
-  const check = () => {
-    if (!imgs.every(i => i.complete)) return setTimeout(check, 50);
-    const bad = imgs.filter(i => !i.naturalWidth).length;
-    st.dataset.state = bad ? 'broken' : 'loaded';
-    st.textContent = bad ? `${bad} of ${imgs.length} images failed to load` : `all ${imgs.length} images loaded`;
-  };
-  check();
-}
 function render() {
   readHash();
-  const list = D.queries.filter(keep);
-  const pages = Math.max(1, Math.ceil(list.length / D.page_size));
-  S.page = Math.min(S.page, pages);
-  const shown = list.slice((S.page - 1) * D.page_size, S.page * D.page_size);
-  document.getElementById('rows').innerHTML = shown.map(row).join('');
-  const c = document.getElementById('count');
-  c.dataset.shown = shown.length; c.dataset.matching = list.length;
-  c.textContent = `${list.length} of ${D.queries.length} queries match; showing ${shown.length}`;
-  for (const b of document.querySelectorAll('[data-filter]')) b.classList.toggle('on', b.dataset.filter === S.filter);
+  showPage(D.queries, 'queries');
   document.getElementById('k').value = S.k;
-  document.getElementById('pager').innerHTML = pages < 2 ? '' : Array.from({length: pages}, (_, i) =>
-    `<button ${i + 1 === S.page ? 'class="on"' : ''} onclick="writeHash({page:${i + 1}})">${i + 1}</button>`).join('');
   waitImages();
 }
 for (const b of document.querySelectorAll('[data-filter]')) {
@@ -129,9 +141,30 @@ def _table(columns: list[str], rows: list[list]) -> str:
     return f'<table class="grid"><tr>{head}</tr>{body}</table>'
 
 
+def failed_section(failed: dict | None) -> str:
+    """A run stopped by a stage over its failure threshold: the error line and each failed item with its reason
+    (the rows `execute` attached; they are in no artifact, the stage wrote no manifest)."""
+    if not failed:
+        return ""
+    from cirflow.tasks.stage import ID_COLUMNS
+
+    rows = []
+    for r in failed.get("failures") or []:
+        item = next((r[c] for c in ID_COLUMNS if r.get(c) is not None), "")
+        rows.append(f'<tr class="failure"><td>{html.escape(str(item))}</td>'
+                    f'<td>{html.escape(str(r.get("error") or "unknown"))}</td></tr>')
+    st = failed.get("stats") or {}
+    return (f'<h2 id="failed-stage">Failed: {html.escape(str(failed.get("label", "")))} · '
+            f'{html.escape(failed["stage"])} ({st.get("failed", "?")} of {st.get("items", "?")} items)</h2>'
+            f'<div class="out bad" id="failed-error">{html.escape(failed.get("error", ""))}</div>'
+            f'<table class="grid" id="failures"><tr><th>item</th><th>reason</th></tr>{"".join(rows)}</table>')
+
+
 def render(title: str, subtitle: str, metrics: tuple[list[str], list[list]], stages: tuple[list[str], list[list]],
-           plots: list[str], variants: list[str], queries: list[dict], k_ranked: int) -> str:
-    data = {"queries": queries, "page_size": PAGE_SIZE, "k_default": min(10, k_ranked) or 10, "k_ranked": k_ranked}
+           plots: list[str], variants: list[str], queries: list[dict], k_ranked: int,
+           failed: dict | None = None) -> str:
+    data = {"queries": queries, "page_size": PAGE_SIZE, "k_default": min(10, k_ranked) or 10, "k_ranked": k_ranked,
+            "failed_stage": failed}
     # "</" inside a <script> block would end it early; JSON allows the escaped form
     blob = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     ks = sorted({1, 5, 10, 50, k_ranked} - {0})
@@ -142,6 +175,7 @@ def render(title: str, subtitle: str, metrics: tuple[list[str], list[list]], sta
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
 <body>
 <h1>{html.escape(title)}</h1><div class="meta">{html.escape(subtitle)}</div>
+{failed_section(failed)}
 <h2>Metrics (percent)</h2>{_table(*metrics)}
 {f'<h2>Plots</h2><div class="plots">{plots_html}</div>' if plots else ''}
 <h2>Stages</h2>{_table(*stages)}

@@ -10,7 +10,8 @@ from cirflow.flows.reproduce.runner import Environment, Result, compare
 
 
 @flow(name="reproduce")
-def reproduce(entries: list, env: Environment, key: str, progress: bool = False) -> list[Result]:
-    results = compare(entries, env, progress=progress)
+def reproduce(entries: list, env: Environment, key: str, progress: bool = False,
+              servers_checked: bool = False) -> list[Result]:
+    results = compare(entries, env, progress=progress, servers_checked=servers_checked)
     report.prefect_artifact(results, key)
     return results

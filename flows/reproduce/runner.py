@@ -91,8 +91,9 @@ def validate(e: Entry, env: Environment, placeholder: bool = False):
     return methods.parse_config(build_config(e, env, placeholder), f"{e.paper} table {e.table} / {e.row}")
 
 
-def why_not(e: Entry, env: Environment) -> str | None:
-    """None when the entry can run here, else the reason (the first that applies)."""
+def why_not(e: Entry, env: Environment, models: bool = True) -> str | None:
+    """None when the entry can run here, else the reason (the first that applies). models=False: only the
+    registry and the data (`--plan`: asking about weights in the Hugging Face cache or a GPU imports torch)."""
     from cirflow.flows import registry as methods
 
     if e.pending:
@@ -107,6 +108,8 @@ def why_not(e: Entry, env: Environment) -> str | None:
     for extra in _data_paths(e.config, str(Path(env.data_root).resolve())):
         if not Path(extra).exists():
             return f"missing data: {extra}"
+    if not models:
+        return None
     local, servers = env.local_models(), env.servers
     ids = registry.model_ids(e.config)
     for mid in ids:
@@ -134,33 +137,119 @@ def model_deviations(e: Entry, env: Environment) -> list[str]:
     return out
 
 
+def runnable_here(e: Entry, env: Environment, models: bool = True) -> str | None:
+    """why_not, and the splits only the benchmark's server can evaluate."""
+    reason = why_not(e, env, models)
+    if reason is None and (e.benchmark, split_of(e, env)) in SERVER_EVALUATED:
+        reason = (f"server-evaluated: {e.benchmark} {split_of(e, env)} has no public ground truth; "
+                  "`cirflow run` writes the submission files (or pass --split val)")
+    return reason
+
+
+def row_config(e: Entry, env: Environment, check_servers: bool = True):
+    """The entry's validated config after its method's preflight. Model servers go through `cirflow run`'s
+    deferral (cli/run.preflight): contacted only when the plan says a stage that asks them would compute, so a
+    row whose stages are all cached never needs its server; check_servers=False: none is contacted (already
+    checked, or only planning)."""
+    from cirflow.cli.run import preflight
+    from cirflow.flows import registry as methods
+    from cirflow.flows.method import deferred_servers
+
+    cfg = validate(e, env)
+    source = f"{e.paper} table {e.table} / {e.row}"
+    if check_servers:
+        preflight(cfg, source)
+    else:
+        with deferred_servers():
+            methods.get(cfg.method).preflight(cfg, source)
+    return cfg
+
+
+def check_row_servers(entries: list[Entry], env: Environment) -> None:
+    """Before anything runs: BackendUnavailable (one line, exit 4) for a runnable row that must compute with its
+    model server down. Other errors are left to `compare`, which reports them as that row's status."""
+    from cirflow.schemas.errors import BackendUnavailable
+
+    seen: set[str] = set()
+    for e in entries:
+        if runnable_here(e, env) is not None:
+            continue
+        key = json.dumps(build_config(e, env), sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            row_config(e, env)
+        except BackendUnavailable:
+            raise
+        except CirflowError:
+            continue
+
+
+@dataclass
+class RowPlan:
+    """`cirflow reproduce --plan`: one distinct run of the chosen rows (the metric columns that read it), and
+    its stages' plan (flows/plan.plan_config) or why it cannot be planned here."""
+
+    entries: list[Entry]
+    cfg: object = None
+    plan: object = None
+    why_not: str | None = None
+
+
+def plan_rows(entries: list[Entry], env: Environment) -> list[RowPlan]:
+    """The plan of each distinct run, in registry order: keys and computed / resumed / cached, loading no model,
+    contacting no server and starting no Prefect (the weights / GPU questions of why_not import torch)."""
+    from cirflow.flows.plan import plan_config
+
+    rows: dict[str, RowPlan] = {}
+    out = []
+    for e in entries:
+        reason = runnable_here(e, env, models=False)
+        key = json.dumps(build_config(e, env), sort_keys=True) if reason is None else f"{e.paper}/{e.table}/{e.row}"
+        if key in rows:
+            rows[key].entries.append(e)
+            continue
+        rows[key] = row = RowPlan([e], why_not=reason)
+        out.append(row)
+        if reason is None:
+            try:
+                row.cfg = row_config(e, env, check_servers=False)
+                row.plan = plan_config(row.cfg)
+            except CirflowError as err:
+                row.why_not = str(err)
+    return out
+
+
 def compare(entries: list[Entry], env: Environment, progress: bool = False,
-            run=None) -> list[Result]:
-    """Run each distinct config once (in registry order) and compare every entry that reads it."""
+            run=None, servers_checked: bool = False) -> list[Result]:
+    """Run each distinct config once (in registry order) and compare every entry that reads it. A row that must
+    compute with its model server down raises BackendUnavailable (servers_checked: `check_row_servers` ran)."""
     from cirflow.cli.run import run_config
+    from cirflow.schemas.errors import BackendUnavailable
 
     run = run or run_config
     docs: dict[str, dict | str] = {}
     results = []
     for e in entries:
         devs = list(e.deviations) + model_deviations(e, env)
-        reason = why_not(e, env)
-        if reason is None and (e.benchmark, split_of(e, env)) in SERVER_EVALUATED:
-            reason = (f"server-evaluated: {e.benchmark} {split_of(e, env)} has no public ground truth; "
-                      "`cirflow run` writes the submission files (or pass --split val)")
+        reason = runnable_here(e, env)
         if reason is not None:
             results.append(Result(e, None, reason if _is_status(reason) else f"not runnable: {reason}", devs))
             continue
         key = json.dumps(build_config(e, env), sort_keys=True)
         if key not in docs:
             try:
-                from cirflow.flows import registry as methods
-
-                cfg = validate(e, env)
-                methods.get(cfg.method).preflight(cfg, f"{e.paper} table {e.table} / {e.row}")
-                docs[key] = run(cfg, progress=progress)
+                cfg = row_config(e, env, check_servers=not servers_checked)
+            except BackendUnavailable:
+                raise  # the row must compute and cannot: the command fails (exit 4), nothing has loaded
             except CirflowError as err:
-                docs[key] = f"not runnable: {err}"
+                cfg, docs[key] = None, f"not runnable: {err}"
+            if cfg is not None:
+                try:
+                    docs[key] = run(cfg, progress=progress)
+                except CirflowError as err:
+                    docs[key] = f"not runnable: {err}"
         doc = docs[key]
         if isinstance(doc, str):
             results.append(Result(e, None, doc, devs))
@@ -261,4 +350,5 @@ def parse_sets(items: list[str]) -> dict[str, object]:
     return out
 
 
-__all__ = ["Environment", "Result", "build_config", "compare", "parse_sets", "read_metric", "validate", "why_not"]
+__all__ = ["Environment", "Result", "RowPlan", "build_config", "check_row_servers", "compare", "parse_sets",
+           "plan_rows", "read_metric", "row_config", "runnable_here", "validate", "why_not"]

@@ -21,31 +21,11 @@ Table 6 ablations are loss settings (each a different training key): 6a image in
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from cirflow.models.mvft.losses import info_nce
 from cirflow.training.dist import all_gather_with_grad
-
-
-class ContrastiveSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["hnnce", "infonce"] = "hnnce"
-    temperature: float = Field(0.07, gt=0)
-    hn_alpha: float = Field(1.0, ge=0)
-    hn_beta: float = Field(0.5, ge=0)
-    gather: bool = True
-
-
-class PretrainSettings(ContrastiveSettings):
-    alpha: float = Field(0.5, ge=0, le=1)  # Slerp α (eq. 2; fig. 7: 0.5)
-    text_ratio: float = Field(0.75, ge=0, le=1)  # share of samples with a template text (fig. 7: 75 %)
-    neighbour: Literal["nearest", "random"] = "nearest"  # table 6c
-    image_query: bool = True  # eq. 3 term (table 6b)
-    text_query: bool = True  # eq. 4 term (table 6b)
+from cirflow.schemas.collm import ContrastiveSettings, PretrainSettings  # torch-free, for `--plan`
 
 
 def similarity(q: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,9 @@
 
 - f: an open_clip tower, its image embedding (after open_clip's projection). The retrieval target is z = f(v).
   CLIP ViTs get LoRA (supp. 9.1, table 14: "CLIP models require ViT tuning"); `lora_vision=False` freezes f.
-  BLIP-L (frozen in the paper) is not wired here (open_clip towers only).
+  `vision_tower="blip"`: f is a transformers BLIP ViT from a local folder (`vision_model`), BLIP's ITC image
+  feature (cirflow.models.collm.vision); the paper freezes it (`lora_vision: false`, table 14), LoRA on its blocks
+  is table 14's other row.
 - g: maps the reference embedding to ONE token of the LLM's input space (§6: "our triplet synthesis method generates
   a single visual token"). Its form is not printed; assumption: LLaVA-1.5's `mlp2x_gelu` projector (the paper's
   training code is the LLaVA codebase, supp. 9.1), `adapter="linear"` for a single Linear. g sees the L2-normalised
@@ -25,63 +27,37 @@ printed; assumption alpha = rank (as the fine-tuning stage sets rank = alpha = 1
 fine-tuned", supp. 9.2).
 
 Folder written by `export_extras` next to the engine's model.safetensors (the whole module state): collm_config.json
-(these settings), vision/open_clip_config.json, llm/config.json + tokenizer files, and the peft adapters saved with
-`save_pretrained` in llm_adapter/ and vision_adapter/ (adapter_config.json + adapter_model.safetensors: usable with
-`PeftModel.from_pretrained(base, folder/"llm_adapter")` on the base checkpoint).
+(these settings), vision/open_clip_config.json (a BLIP tower: config.json + blip_tower.json), llm/config.json +
+tokenizer files, and the peft adapters saved with `save_pretrained` in llm_adapter/ and vision_adapter/
+(adapter_config.json + adapter_model.safetensors: usable with `PeftModel.from_pretrained(base,
+folder/"llm_adapter")` on the base checkpoint).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from cirflow.models.collm import synthesis, vision
 from cirflow.schemas.errors import ConfigError
+from cirflow.schemas.collm import CoLLMSettings  # torch-free: configs key on it at `--plan` time
 
 SETTINGS_FILE = "collm_config.json"
 WEIGHTS = "model.safetensors"
 
 
-class CoLLMSettings(BaseModel):
-    """Everything that decides the architecture and what is trained (all of it is in the training key)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    vision_model: str  # open_clip name ("ViT-L-14") or "local-dir:/path"
-    vision_pretrained: str | None = None  # open_clip pretrained tag or checkpoint file
-    llm: str  # a local transformers decoder folder (SFR-Embedding-2_R in the paper)
-    init: str | None = None  # a trained CoLLM folder to start from (MTCIR fine-tuning, supp. 9.2)
-    adapter: Literal["mlp2x_gelu", "linear"] = "mlp2x_gelu"
-    lora_rank: int = Field(64, ge=1)  # 64 for CLIP-L / BLIP-L, 32 for CLIP-B (supp. 9.1); 16 for fine-tuning
-    lora_alpha: float | None = None  # None = lora_rank (assumption for pre-training; = rank in fine-tuning)
-    lora_dropout: float = Field(0.1, ge=0, lt=1)
-    lora_llm_targets: str | list[str] = "all-linear"
-    lora_vision: bool = True  # CLIP ViTs are LoRA-tuned in pre-training (table 14)
-    lora_vision_targets: list[str] = ["attn", "c_fc", "c_proj"]  # every open_clip ViT block: attention + MLP
-    train_adapter: bool = True
-    train_projection: bool = True
-    instruction: str = Field(default_factory=lambda: synthesis.paper_data()["instruction"])
-    append_eos: bool = True
-    max_text_tokens: int = Field(96, ge=4)  # the [TEXT] part is truncated to this many tokens
-
-    @property
-    def alpha(self) -> float:
-        return float(self.lora_alpha if self.lora_alpha is not None else self.lora_rank)
-
-
 class CoLLMModel(nn.Module):
-    def __init__(self, settings: CoLLMSettings, clip: nn.Module, llm: nn.Module, tokenizer):
+    def __init__(self, settings: CoLLMSettings, visual: nn.Module, llm: nn.Module, tokenizer):
         super().__init__()
         self.settings = settings
         self.tokenizer = tokenizer
-        self.visual = clip.visual
-        d = int(clip.visual.output_dim)
+        self.visual = visual  # f: an open_clip `.visual` or a BlipTower, both with .output_dim
+        d = int(visual.output_dim)
         width = int(llm.config.hidden_size)
         self.adapter = (nn.Linear(d, width) if settings.adapter == "linear" else
                         nn.Sequential(nn.Linear(d, width), nn.GELU(), nn.Linear(width, width)))
@@ -98,10 +74,10 @@ class CoLLMModel(nn.Module):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         if not weights:
-            clip = vision.clip_from_config(folder / "vision")
+            visual = vision.tower_from_config(folder / "vision")
             llm = AutoModel.from_config(AutoConfig.from_pretrained(folder / "llm"))
             tok = AutoTokenizer.from_pretrained(folder / "llm")
-            model = cls(settings, clip, llm, tok)
+            model = cls(settings, visual, llm, tok)
         elif settings.init:
             model = cls.from_trained(settings.init)
             model.settings = settings
@@ -109,9 +85,9 @@ class CoLLMModel(nn.Module):
         else:
             if not Path(settings.llm).is_dir():
                 raise ConfigError(f"CoLLM: the LLM {settings.llm!r} is not a local model folder")
-            clip = vision.load_clip(settings.vision_model, settings.vision_pretrained)
+            visual = vision.load_tower(settings.vision_tower, settings.vision_model, settings.vision_pretrained)
             llm = AutoModel.from_pretrained(settings.llm, dtype=torch.float32)
-            model = cls(settings, clip, llm, AutoTokenizer.from_pretrained(settings.llm))
+            model = cls(settings, visual, llm, AutoTokenizer.from_pretrained(settings.llm))
         model._add_lora()
         return model
 
@@ -134,7 +110,8 @@ class CoLLMModel(nn.Module):
         lora = dict(r=s.lora_rank, lora_alpha=s.alpha, lora_dropout=s.lora_dropout)
         self.llm = get_peft_model(self.llm, LoraConfig(target_modules=s.lora_llm_targets, **lora))
         if s.lora_vision:
-            self.visual = get_peft_model(self.visual, LoraConfig(target_modules=list(s.lora_vision_targets), **lora))
+            targets = s.lora_vision_targets or vision.lora_targets(s.vision_tower)
+            self.visual = get_peft_model(self.visual, LoraConfig(target_modules=list(targets), **lora))
         else:
             self.visual.requires_grad_(False)
         self.adapter.requires_grad_(s.train_adapter)
@@ -248,11 +225,12 @@ class CoLLMModel(nn.Module):
         folder = Path(folder)
         (folder / SETTINGS_FILE).write_text(json.dumps(self.settings.model_dump(mode="json"), indent=1,
                                                        sort_keys=True))
-        if self.settings.init:
-            src = Path(self.settings.init)
-            vision.save_clip_config(f"{vision.LOCAL_DIR}{src / 'vision'}", None, folder / "vision")
+        s = self.settings
+        if s.init:
+            vision.copy_tower_config(Path(s.init) / "vision", folder / "vision")
         else:
-            vision.save_clip_config(self.settings.vision_model, self.settings.vision_pretrained, folder / "vision")
+            vision.save_tower_config(s.vision_tower, s.vision_model, s.vision_pretrained, folder / "vision",
+                                     self.visual)
         llm = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
         llm.config.save_pretrained(folder / "llm")
         self.tokenizer.save_pretrained(folder / "llm")

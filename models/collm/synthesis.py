@@ -11,21 +11,14 @@ synthesizes what an uninterrupted one would.
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
-from importlib import resources
 from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from cirflow.schemas.collm import paper_data  # torch-free: CoLLMSettings' default instruction reads it
+
 _EPS = 1e-6
-
-
-@lru_cache(maxsize=1)
-def paper_data() -> dict:
-    """templates.json: the 15 modification templates, the LLEM instruction and its variants (with their source)."""
-    return json.loads(resources.files("cirflow.models.collm").joinpath("templates.json").read_text())
 
 
 def templates() -> list[str]:

@@ -36,27 +36,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from cirflow.models.collm import vision
 from cirflow.schemas.errors import ConfigError
+from cirflow.schemas.instructcir import InstructCIRSettings  # torch-free: configs key on it at `--plan` time
 
 SETTINGS_FILE = "instructcir_config.json"
 WEIGHTS = "model.safetensors"
 NULL_TEXT = ""
-
-
-class InstructCIRSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    clip_model: str  # open_clip name ("ViT-L-14") or "local-dir:/path"
-    clip_pretrained: str | None = None
-    cross_attention: bool = True
-    ema: bool = True
-    ema_momentum: float = Field(0.996, ge=0, le=1)  # not printed in the paper (I-JEPA's start value; assumption)
-    predictor_hidden: int | None = Field(None, ge=1)  # None = 2·D (assumption)
-    train_text: bool = True
 
 
 class ReformulationBlock(nn.Module):

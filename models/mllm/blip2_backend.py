@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from tqdm import tqdm
 
 from cirflow.models.mllm.in_process import InProcessModel
 from cirflow.models.mllm.protocol import ChatRequest, ChatResult, check_json_answer, load_image
@@ -27,6 +26,7 @@ from cirflow.models.mllm.redact import redact
 from cirflow.models.mllm.transformers_backend import _device, _torch_dtype  # the same dtype / device rules
 from cirflow.schemas.errors import BackendUnavailable
 from cirflow.schemas.mllm import MLLMConfig
+from cirflow.schemas.progress import step_progress
 
 
 class _BadInput(Exception):
@@ -53,7 +53,7 @@ class Blip2MLLM(InProcessModel):
     def generate(self, requests: Sequence[ChatRequest], progress: bool = True) -> list[ChatResult]:
         results: list[ChatResult | None] = [None] * len(requests)
         greedy, sampled = [], []
-        with tqdm(total=len(requests), disable=not progress, desc=f"blip2 {self.cfg.model}", unit="req") as bar:
+        with step_progress(len(requests), "req", enabled=progress) as bar:  # folded into the stage's line
             for i, req in enumerate(requests):
                 t0 = time.monotonic()
                 if len(req.images) != 1:

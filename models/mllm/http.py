@@ -24,6 +24,7 @@ import base64
 import io
 import os
 import contextlib
+import contextvars
 import random
 import re
 import time
@@ -32,13 +33,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import httpx
-from tqdm import tqdm
 
 from cirflow.models.mllm.protocol import ChatRequest, ChatResult, check_json_answer, downscale
 from cirflow.models.mllm.redact import env_secrets, redact
 from cirflow.models.mllm.server import ServerProcess
 from cirflow.schemas.errors import BackendUnavailable
 from cirflow.schemas.mllm import MLLMConfig
+from cirflow.schemas.progress import step_progress
 
 BACKOFF_CAP_S = 30.0
 RETRY_AFTER_CAP_S = 60.0
@@ -143,10 +144,13 @@ def build_body(cfg: MLLMConfig, req: ChatRequest, image_urls: list[str]) -> dict
         if cfg.api_flavor != "vllm":
             raise ValueError(f"top_k={s.top_k} needs api_flavor='vllm'; an OpenAI-only server cannot honour it")
         body["top_k"] = s.top_k
-    if req.json_schema is not None:
-        # OpenAI requires a name matching ^[a-zA-Z0-9_-]{1,64}$.
+    if req.json_schema is not None and cfg.constrains_json():
+        # OpenAI requires a name matching ^[a-zA-Z0-9_-]{1,64}$. strict: the server must follow the schema, not
+        # merely be told of it (vLLM constrains decoding either way). mllm.structured_outputs: false sends no
+        # schema, for servers that reject response_format; the answer is validated after generation regardless.
         name = re.sub(r"[^a-zA-Z0-9_-]", "_", str(req.json_schema.get("title", "answer")))[:64] or "answer"
-        body["response_format"] = {"type": "json_schema", "json_schema": {"name": name, "schema": req.json_schema}}
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": name, "schema": req.json_schema, "strict": True}}
         if cfg.api_flavor == "vllm":
             # vLLM derives the same constraint from response_format; sending it explicitly as well keeps the
             # constraint if a server version ignores response_format. Both carry the same schema.
@@ -162,7 +166,8 @@ def _run_sync(coro):
     # Called from inside a running loop (notebook, async task): asyncio.run would refuse; use a private
     # loop on a helper thread instead.
     with ThreadPoolExecutor(1) as ex:
-        return ex.submit(asyncio.run, coro).result()
+        # the copied context carries the running stage's progress line onto the helper thread
+        return ex.submit(contextvars.copy_context().run, asyncio.run, coro).result()
 
 
 class HttpMLLM:
@@ -246,7 +251,7 @@ class HttpMLLM:
         n_pool = min(POOL, cfg.concurrency)
         limits = httpx.Limits(max_connections=n_pool, max_keepalive_connections=n_pool)
         timeout = httpx.Timeout(cfg.timeout_s, connect=min(cfg.timeout_s, 10.0))
-        with tqdm(total=len(requests), disable=not progress, desc=f"mllm {cfg.model}", unit="req") as bar:
+        with step_progress(len(requests), "req", enabled=progress) as bar:  # folded into the stage's line
             async with contextlib.AsyncExitStack() as stack:
                 clients = [
                     await stack.enter_async_context(

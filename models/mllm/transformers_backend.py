@@ -3,7 +3,9 @@
 Used by CPU tests and the demo with the tiny model, and usable on a GPU worker without a server.
 Greedy requests are batched (left padding). Sampled requests run one at a time under their own seed, so a
 sampled answer depends only on (request, seed), never on which other requests shared its batch.
-There is no constrained decoding here: a JSON-schema request is parsed and validated after generation.
+A request with a JSON schema is decoded under it (models/mllm/constrained.py, like vLLM's structured outputs)
+when `structured_outputs` is on (forced: the in-process default is off, see schemas/mllm.py) and its schema is supported and fits in max_tokens; otherwise it
+is generated freely. Either way the answer is parsed and validated after generation.
 
 Failures split as in the http backend (issue 9): an image that cannot be read, or an input the processor
 rejects, fails its item only (status "failed"); anything else (the model cannot generate at all: out of
@@ -17,13 +19,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from tqdm import tqdm
 
 from cirflow.models.mllm.in_process import InProcessModel
 from cirflow.models.mllm.protocol import ChatRequest, ChatResult, check_json_answer, load_image
 from cirflow.models.mllm.redact import redact
 from cirflow.schemas.errors import BackendUnavailable
 from cirflow.schemas.mllm import MLLMConfig
+from cirflow.schemas.progress import step_progress
 
 
 class _BadInput(Exception):
@@ -68,6 +70,8 @@ class TransformersMLLM(InProcessModel):
             cfg.model, revision=cfg.revision, dtype=_torch_dtype(cfg.dtype), device_map=str(self.device),
             trust_remote_code=False,
         ).eval()  # fmt: skip
+        self._tokens = None  # constrained.TokenTable: built on the first JSON-schema request
+        self._grammars: dict[str, object] = {}  # schema JSON -> compiled grammar (None: not supported)
 
     # ------------------------------------------------------------------------------------------ public
 
@@ -75,7 +79,7 @@ class TransformersMLLM(InProcessModel):
         results: list[ChatResult | None] = [None] * len(requests)
         greedy: list[_Prepared] = []
         sampled: list[_Prepared] = []
-        with tqdm(total=len(requests), disable=not progress, desc=f"mllm {self.cfg.model}", unit="req") as bar:
+        with step_progress(len(requests), "req", enabled=progress) as bar:  # folded into the stage's line
             for i, req in enumerate(requests):
                 t0 = time.monotonic()
                 try:
@@ -166,6 +170,9 @@ class TransformersMLLM(InProcessModel):
         prompt_len = inputs["input_ids"].shape[1]
         max_tokens = [p.req.sampling.max_tokens for p in batch]
         kwargs: dict[str, Any] = {"max_new_tokens": max(max_tokens)}
+        constrained = self._json_constraint(batch, prompt_len)
+        if constrained is not None:
+            kwargs["logits_processor"] = constrained
         s = batch[0].req.sampling
         if s.temperature > 0:
             assert len(batch) == 1, "sampled requests run alone, under their own seed"
@@ -183,6 +190,42 @@ class TransformersMLLM(InProcessModel):
         # Greedy rows are independent, so cutting a row at its own max_tokens equals generating it alone.
         rows = [out[i, prompt_len : prompt_len + m] for i, m in enumerate(max_tokens)]
         return self.processor.batch_decode(rows, skip_special_tokens=True)
+
+
+    def _json_constraint(self, batch: list[_Prepared], prompt_len: int):
+        """The logits processors that keep each JSON-schema request of `batch` inside its schema, or None."""
+        if not self.cfg.constrains_json():
+            return None
+        from cirflow.models.mllm import constrained
+
+        rows = []
+        for p in batch:
+            g = self._grammar(p.req.json_schema) if p.req.json_schema is not None else None
+            # an answer the budget cannot hold is generated freely (and fails validation with its raw text)
+            fits = g is not None and constrained.feasible(g, p.req.sampling.max_tokens)
+            rows.append((g, p.req.sampling.max_tokens) if fits else None)
+        if not any(rows):
+            return None
+        from transformers import LogitsProcessorList
+
+        if self._tokens is None:
+            self._tokens = constrained.TokenTable(self.tokenizer, self.model.get_output_embeddings().weight.shape[0])
+        eos = self.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [self.tokenizer.eos_token_id])
+        return LogitsProcessorList([constrained.logits_processor(self._tokens, rows, prompt_len, eos)])
+
+    def _grammar(self, schema: dict):
+        import json
+
+        from cirflow.models.mllm.constrained import UnsupportedSchema, compile_schema
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            try:
+                self._grammars[key] = compile_schema(schema)
+            except UnsupportedSchema:
+                self._grammars[key] = None  # generated freely, validated afterwards (as before this existed)
+        return self._grammars[key]
 
 
 def _failed(req: ChatRequest, error: str, seconds: float) -> ChatResult:

@@ -5,10 +5,20 @@
     out = loss_fn(model, batch)                       # {"loss", "L_t", "L_c"} on a MVFTDataset / collate batch
 """
 
-from cirflow.models.mvft.data import MVFTDataset, collate
-from cirflow.models.mvft.losses import MVFTLoss, info_nce, loss_fn, token_similarity
-from cirflow.models.mvft.model import MVFTModel, MVFTSettings, weights_sha256
-from cirflow.models.mvft.tiny import build_tiny_mvft
+# Names load on first access (PEP 562): importing any cirflow.models.mvft module runs this file, and the stage keys
+# of `cirflow run --plan` need only identity.py, not torch.
+_LAZY = {"MVFTDataset": "data", "collate": "data", "MVFTLoss": "losses", "info_nce": "losses", "loss_fn": "losses",
+         "token_similarity": "losses", "MVFTModel": "model", "MVFTSettings": "model", "weights_sha256": "identity",
+         "build_tiny_mvft": "tiny"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f"cirflow.models.mvft.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["MVFTDataset", "MVFTLoss", "MVFTModel", "MVFTSettings", "build_tiny_mvft", "collate", "info_nce",
            "loss_fn", "token_similarity", "weights_sha256"]

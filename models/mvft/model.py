@@ -35,11 +35,10 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from cirflow.models.weights import file_sha256
+# file names and the weights' hash live in identity.py: stage keys use them at `--plan` time, without torch
+from cirflow.models.mvft.identity import SETTINGS_FILE, WEIGHTS_FILE, weights_sha256  # noqa: F401
 from cirflow.schemas.errors import CirflowError
 
-SETTINGS_FILE = "mvft_config.json"
-WEIGHTS_FILE = "model.safetensors"
 FORMAT = "cirflow-mvft"
 
 
@@ -216,23 +215,6 @@ class MVFTModel(nn.Module):
         if device is not None:
             model.to(device)
         return model.eval()
-
-
-def weights_sha256(path: str | os.PathLike) -> str:
-    """Weight identity of a model folder: "sha256:<hex>" of model.safetensors (the cached hash of
-    schemas/encoder.py), or over (name, sha256) of every shard for a sharded hub checkpoint."""
-    import hashlib
-
-    p = Path(path)
-    if (p / WEIGHTS_FILE).is_file():
-        return "sha256:" + file_sha256(p / WEIGHTS_FILE)
-    shards = sorted(p.glob("*.safetensors"))
-    if not shards:
-        raise CirflowError(f"MVFT model: no .safetensors weights in {p}")
-    h = hashlib.sha256()
-    for s in shards:
-        h.update(f"{s.name}\0{file_sha256(s)}\n".encode())
-    return "sha256:" + h.hexdigest()
 
 
 def _project(proj: nn.Linear, h: torch.Tensor) -> torch.Tensor:

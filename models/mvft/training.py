@@ -27,14 +27,8 @@ from cirflow.models.mvft.losses import MVFTLoss
 from cirflow.models.mvft.model import MVFTModel
 from cirflow.schemas.errors import CirflowError
 
-TRAINING_ROWS = pa.schema([
-    pa.field("image_id", pa.string(), nullable=False),
-    pa.field("sample", pa.int32(), nullable=False),  # 0.. per image: several modifications of one image
-    pa.field("path", pa.string(), nullable=False),
-    pa.field("modification", pa.string(), nullable=False),
-    pa.field("target_text", pa.string(), nullable=False),
-    pa.field("caption", pa.string(), nullable=False),
-])
+# the rows' schema lives with the other table schemas (the mvft_training_data stage declares it without torch)
+from cirflow.schemas.tables import MVFT_TRAINING_ROWS as TRAINING_ROWS
 
 
 class TrainableMVFT(MVFTModel):

@@ -23,7 +23,6 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 
-from cirflow.retrieval.topk import topk
 from cirflow.schemas.builds import GROUPS, PAIRS, PairingConfig
 from cirflow.storage import Artifact, ArtifactStore
 from cirflow.tasks.stage import Context, Params, Stage, execute
@@ -92,6 +91,8 @@ def build_groups(ids: list[str], emb: np.ndarray, cfg: PairingConfig) -> list[tu
     n = len(ids)
     if n == 0:
         return []
+    from cirflow.retrieval.topk import topk  # torch: here, so `cirflow build --plan` never imports it
+
     emb = np.array(emb, dtype=np.float32)  # a writable copy (store reads are read-only views)
     k = min(n, cfg.neighbours + 1)
     order = sorted(range(n), key=lambda i: _h(cfg.seed, ids[i]))

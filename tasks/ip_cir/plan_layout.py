@@ -2,11 +2,12 @@
 modification, and plans the target image as a layout (a scene sentence and boxed object instances,
 cirflow.schemas.layout). The proxy images are then drawn from it by synthesize_proxies.
 
-Text-only requests with a JSON schema (`Layout.model_json_schema()`), so a server with structured outputs
-constrains decoding. An answer that fails the schema or the layout rules is retried with a fresh seed,
-`item_seed(sampling.seed, f"{query_id}:{attempt}")` for attempt 0, 1, ..., up to `max_attempts`; a query that
-never yields a valid layout is kept as a row with status "failed", the last raw answer and the reasons of
-every attempt. Partially valid answers are salvaged: invalid instances are dropped and listed in `dropped`.
+Text-only requests with a JSON schema (`request_schema()`: the Layout schema with capped texts, instance fields in
+the prompt's order), so a server with structured outputs, or the in-process backend, constrains decoding (the
+layout answer is valid JSON with four numbers in [0, 1] per box). An answer that fails the schema or the layout
+rules is retried with a fresh seed, `item_seed(sampling.seed, f"{query_id}:{attempt}")` for attempt 0, 1, ..., up
+to `max_attempts`; a query that never yields a valid layout is kept as a row with status "failed", the last raw
+answer and the reasons of every attempt. Partially valid answers are salvaged: invalid instances are dropped and listed in `dropped`.
 
 The Layout Rule (IP-CIR §3.2, metrics-and-methods B.1) is the query's relative caption, or with `rules` (a
 TEXTS artifact, id = query_id, sample 0) "generating an image of <that text>": the authors' CIRR setting,
@@ -19,6 +20,7 @@ Optional enrichment (`enrich=True`) is a documented, deterministic simplificatio
 from __future__ import annotations
 
 import ast
+import copy
 from collections.abc import Mapping
 
 import pyarrow as pa
@@ -36,6 +38,16 @@ from cirflow.tasks.stage import Context, MLLMRuntime, MLLMStage, Params, execute
 USER_MARKER = "<<<USER>>>"  # in a template: the system message above this line, the user message below
 NO_CAPTION = "(not available)"
 EDITED_RULE = "generating an image of {edited}"  # the authors' CIRR rule: "generating a image of {edited caption}"
+
+# Caps, in characters, on each text of a layout answer, sent in the request's schema so that constrained decoding
+# ends every text (a small model otherwise fills its whole token budget with the scene sentence): the prompt asks
+# for "one sentence", a "short name", a "short phrase", and GLIGEN's CLIP text encoder reads at most 77 tokens of
+# any of them. Generous for a real LLM (the prompt's examples stay under half); an answer over a cap from a server
+# without structured outputs fails the schema like any other violation, and is asked again (max_attempts).
+TEXT_CAPS = {"scene": 240, "label": 40, "category": 40, "description": 120}
+# The order in which the prompt's examples write an instance (prompts/plan_layout.*): a decoder that writes object
+# properties in schema order (vLLM's xgrammar, models/mllm/constrained.py) then answers as the examples do.
+PROMPT_ORDER = ("label", "category", "description", "size", "from", "box", "reference")
 
 # One row per query.
 LAYOUTS = pa.schema([
@@ -72,13 +84,14 @@ class PlanLayoutParams(Params):
     max_attempts: int
     min_instances: int
     enrich: dict | None  # {"strength", "size_stats"} when enriching
+    text_caps: dict[str, int]  # maxLength per text field of the request's schema (request_schema)
 
 
 class PlanLayout(MLLMStage):
     """Multi-round: an answer that fails the layout rules is asked again with the next attempt's seed."""
 
     name = "plan_layout"
-    version = "2"  # 2: instances keep IP-CIR's optional size / from fields
+    version = "3"  # 2: instances keep IP-CIR's optional size / from fields; 3: request_schema (capped texts)
     Params, Runtime = PlanLayoutParams, MLLMRuntime
     inputs = ("bench", "captions", "rules")
     outputs = {"data": LAYOUTS}
@@ -90,7 +103,7 @@ class PlanLayout(MLLMStage):
         rules = ctx.inputs.get("rules")
         ctx.scratch["rule_of"] = _captions(rules) if rules is not None else None
         ctx.scratch["system"], ctx.scratch["user"] = split_template(ctx.params.template)
-        ctx.scratch["schema"] = Layout.model_json_schema()
+        ctx.scratch["schema"] = request_schema(ctx.params.text_caps)
         return ctx.inputs["bench"].read("queries").to_pylist()
 
     def _caption(self, ctx: Context, q: dict) -> tuple[str | None, str | None]:
@@ -151,7 +164,7 @@ class PlanLayout(MLLMStage):
 
 def run(store: ArtifactStore, bench: Artifact, mllm_cfg: MLLMConfig, sampling: SamplingParams, *,
         captions: Artifact | None = None, rules: Artifact | None = None, prompt: str | None = None,
-        max_attempts: int = 3,
+        max_attempts: int = 3, text_chars: int | None = None,
         min_instances: int = 1, enrich: bool = False, enrich_strength: float = 0.5,
         size_stats: Mapping[str, tuple[float, float]] | None = None, shard_size: int = 64,
         mllm: Lazy[MLLM] | None = None, progress: bool = True, max_failure_rate: float | None = None,
@@ -159,21 +172,39 @@ def run(store: ArtifactStore, bench: Artifact, mllm_cfg: MLLMConfig, sampling: S
     """One layout per query of `bench`. `captions`: a TEXTS artifact with id = image_id (sample 0 is used)
     describing reference images; without it the LLM sees only the concept and the modification. `rules`: a
     TEXTS artifact with id = query_id (sample 0 is used, e.g. the baseline's edited captions): the Layout Rule
-    becomes "generating an image of <text>" instead of the modification (IP-CIR on CIRR)."""
+    becomes "generating an image of <text>" instead of the modification (IP-CIR on CIRR). `text_chars`: a
+    tighter cap than TEXT_CAPS on every text of the answer (short answers for a small token budget)."""
     if max_attempts < 1:
         raise ConfigError(f"max_attempts must be >= 1, got {max_attempts}")
     if not 1 <= min_instances <= MAX_INSTANCES:
         raise ConfigError(f"min_instances must be in 1..{MAX_INSTANCES}, got {min_instances}")
     template, template_source = load_template(PlanLayout.name, bench.manifest.params["benchmark"], prompt)
+    if text_chars is not None and text_chars < 1:
+        raise ConfigError(f"text_chars must be >= 1, got {text_chars}")
+    caps = {k: min(v, text_chars or v) for k, v in TEXT_CAPS.items()}
     stats_table = {k.lower(): tuple(v) for k, v in (size_stats or DEFAULT_SIZE_STATS).items()}
     params = PlanLayoutParams(mllm=mllm_cfg, sampling=sampling, template=template, max_attempts=max_attempts,
-                              min_instances=min_instances,
+                              min_instances=min_instances, text_caps=caps,
                               enrich={"strength": enrich_strength, "size_stats": stats_table} if enrich else None)
     return execute(PlanLayout, store, {"bench": bench, "captions": captions, "rules": rules}, params,
                    MLLMRuntime(shard_size=shard_size, progress=progress, template_source=template_source,
                                backend=mllm_cfg.backend, max_failure_rate=max_failure_rate,
                                retry_failed=retry_failed),
                    {"mllm": mllm}, rank=rank, world=world)
+
+
+def request_schema(caps: Mapping[str, int] = TEXT_CAPS) -> dict:
+    """The JSON schema a layout request carries: `Layout.model_json_schema()` with `caps` (TEXT_CAPS) as maxLength
+    and the instance properties in PROMPT_ORDER (any property the prompt does not name follows, in schema order)."""
+    schema = copy.deepcopy(Layout.model_json_schema())
+    inst = schema["$defs"]["Instance"]
+    props = inst["properties"]
+    inst["properties"] = {k: props[k] for k in (*[k for k in PROMPT_ORDER if k in props],
+                                                *[k for k in props if k not in PROMPT_ORDER])}
+    for k in ("label", "category", "description"):
+        props[k]["maxLength"] = caps[k]
+    schema["properties"]["scene"]["maxLength"] = caps["scene"]
+    return schema
 
 
 def split_template(template: str) -> tuple[str, str]:

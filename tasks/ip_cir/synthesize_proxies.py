@@ -1,18 +1,18 @@
 """synthesize_proxies (IP-CIR): draw N proxy images per query from its planned layout with a GLIGEN pipeline
-(cirflow.models.gligen), stored as PNG files beside a GENERATED_IMAGES table (id = query_id, sample = n).
+(cirflow.models.gligen), stored as PNG bytes in an `images` side table beside a GENERATED_IMAGES table
+(id = query_id, sample = n; storage/item_files.py, one object per shard; read them with `ItemFiles(artifact)`).
 
 Image n of query q uses seed `item_seed(cfg.seed, f"{q}:{n}")` and its own CPU generator, so it is the same
 whatever the shard size, the batch size or an interruption. A query whose layout failed gets N rows with
-status "failed" and the layout's error; a pipeline error fails that query's images only. PNG blobs are written
-before the shard that indexes them is committed.
+status "failed" and the layout's error; a pipeline error fails that query's images only. The images shard is
+committed before the shard that indexes it. Artifacts written before issue 14 hold one PNG file per image
+(named by the row's `file`) and read the same way.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import re
 import time
 
 import pyarrow as pa
@@ -22,6 +22,8 @@ from cirflow.models.images import load_image
 from cirflow.schemas.layout import ProxyConfig, load_layout
 from cirflow.schemas.tables import GENERATED_IMAGES
 from cirflow.storage import Artifact, ArtifactStore, item_seed
+from cirflow.storage.item_files import ITEM_SCHEMA, ITEM_TABLE, item_table
+from cirflow.storage.store import sha256_bytes
 from cirflow.tasks.lazy import Lazy
 from cirflow.tasks.stage import Context, Params, Runtime, Stage, execute
 
@@ -40,7 +42,7 @@ class SynthesizeProxies(Stage):
     name, version = "synthesize_proxies", "2"  # 2: image grounding follows the layout's From field
     Params, Runtime = ProxyParams, ProxyRuntime
     inputs = ("bench", "layouts")
-    outputs = {"data": GENERATED_IMAGES}
+    outputs = {"data": GENERATED_IMAGES, ITEM_TABLE: ITEM_SCHEMA}
     models = ("pipeline",)
 
     def items(self, ctx: Context):
@@ -52,10 +54,11 @@ class SynthesizeProxies(Stage):
 
     def compute(self, ctx: Context, rows):
         out: list[dict] = []
+        pngs: list[tuple[str, int, bytes]] = []
         for r in rows:
-            out += _one_query(ctx.run, r, ctx.scratch["queries"], ctx.scratch["images"], ctx.params.proxy,
+            out += _one_query(pngs, r, ctx.scratch["queries"], ctx.scratch["images"], ctx.params.proxy,
                               ctx.runtime.batch_size, ctx.models["pipeline"], ctx.scratch["timings"])
-        return pa.Table.from_pylist(out, schema=GENERATED_IMAGES)
+        return {ITEM_TABLE: item_table(pngs), "data": pa.Table.from_pylist(out, schema=GENERATED_IMAGES)}
 
     def model_factory(self, slot: str, ctx: Context):
         return load_gligen(ctx.params.proxy)
@@ -80,13 +83,7 @@ def run(store: ArtifactStore, bench: Artifact, layouts: Artifact, cfg: ProxyConf
                    {"pipeline": pipeline})
 
 
-def blob_name(query_id: str, sample: int) -> str:
-    """A safe, collision-free file name for one image (query ids may hold any character)."""
-    slug = re.sub(r"[^A-Za-z0-9_-]", "_", query_id)[:40]
-    return f"images/{slug}-{hashlib.sha1(query_id.encode()).hexdigest()[:10]}-{sample}.png"
-
-
-def _one_query(run_, r: dict, queries: dict, images: dict, cfg: ProxyConfig, per_call: int, model: Lazy,
+def _one_query(pngs: list, r: dict, queries: dict, images: dict, cfg: ProxyConfig, per_call: int, model: Lazy,
                timings: dict) -> list[dict]:
     qid, n = r["id"], cfg.num_proxies
     seeds = [item_seed(cfg.seed, f"{qid}:{i}") for i in range(n)]
@@ -121,9 +118,9 @@ def _one_query(run_, r: dict, queries: dict, images: dict, cfg: ProxyConfig, per
     for i, (pic, sec) in enumerate(zip(pics, secs)):
         buf = io.BytesIO()
         pic.save(buf, format="PNG")
-        name = blob_name(qid, i)
-        sha, _ = run_.write_blob(name, buf.getvalue())
-        rows.append({"id": qid, "sample": i, "file": name, "sha256": sha, "width": pic.width, "height": pic.height,
+        pngs.append((qid, i, buf.getvalue()))
+        rows.append({"id": qid, "sample": i, "file": None, "sha256": sha256_bytes(pngs[-1][2]), "width": pic.width,
+                     "height": pic.height,
                      "seed": seeds[i], "prompt": prompt, "status": "ok", "error": None, "seconds": sec})
     return rows
 

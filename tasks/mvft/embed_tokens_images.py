@@ -3,7 +3,6 @@ references, GeneCIS crops), with the MVFT VLM (trained or base)."""
 
 from __future__ import annotations
 
-from cirflow.models.mvft.encode import encode_images
 from cirflow.tasks.mvft.tokens import TokenRuntime, load_encoder, schema_of, to_table
 from cirflow.tasks.stage import Context, Params, Stage
 
@@ -24,6 +23,8 @@ class EmbedTokensImages(Stage):
         return ctx.inputs["bench"].read("images", columns=["image_id", "path", "crop_box"]).to_pylist()
 
     def compute(self, ctx: Context, items):
+        from cirflow.models.mvft.encode import encode_images  # torch when a model runs, not at `--plan`
+
         feats = encode_images(ctx.model("mvft"), [r["path"] for r in items], [r["crop_box"] for r in items],
                               batch_size=ctx.runtime.batch_size, precision=ctx.params.precision)
         return to_table([r["image_id"] for r in items], feats)

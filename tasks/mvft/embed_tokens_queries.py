@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-from cirflow.models.mvft.encode import encode_composed, encode_images, encode_texts
 from cirflow.schemas.errors import CirflowError
 from cirflow.tasks.mvft.tokens import TokenRuntime, load_encoder, schema_of, to_table
 from cirflow.tasks.stage import Context, Params, Stage
@@ -60,6 +59,8 @@ class EmbedTokensQueries(Stage):
                  "text": texts.get(q["query_id"], q["modification"])} for q in queries]
 
     def compute(self, ctx: Context, items):
+        from cirflow.models.mvft.encode import encode_composed, encode_images, encode_texts  # torch: not at `--plan`
+
         p, m, bs = ctx.params, ctx.model("mvft"), ctx.runtime.batch_size
         paths, boxes, texts = [r["path"] for r in items], [r["crop_box"] for r in items], [r["text"] for r in items]
         if p.kind == "composed":

@@ -15,9 +15,8 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cirflow.models.mvft.data import join_rows
-from cirflow.models.mvft.training import TRAINING_ROWS
 from cirflow.schemas.errors import CirflowError
+from cirflow.schemas.tables import MVFT_TRAINING_ROWS as TRAINING_ROWS
 from cirflow.tasks.stage import Context, Params, Runtime, Stage
 
 
@@ -47,6 +46,8 @@ class MVFTTrainingData(Stage):
             from cirflow.tasks.builds.release import release_tables
 
             tables = release_tables("mvft", {k: ctx.inputs[k] for k in ("collection", "texts", "captions")})
+            from cirflow.models.mvft.data import join_rows  # torch: only when the rows are built, not at `--plan`
+
             rows, stats = join_rows(tables["triplets"], tables["captions"])
             table = pa.Table.from_pylist([{**r, "sample": 0} for r in rows], schema=TRAINING_ROWS)
         if table.num_rows == 0:

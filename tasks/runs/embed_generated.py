@@ -7,15 +7,19 @@ same folder never share features. Shared helpers: tasks/embeddings.py.
 
 from __future__ import annotations
 
-from typing import Literal
+import tempfile
+from typing import TYPE_CHECKING, Literal
 
-from cirflow.models.encoder import OpenClipEncoder
 from cirflow.schemas.encoder import EncoderConfig
 from cirflow.storage import Artifact, ArtifactStore
+from cirflow.storage.item_files import ItemFiles
 from cirflow.tasks.embeddings import EncoderRuntime, EncoderStage, embeddings_output, encoder_runtime, mean_by_id, \
     reduce_samples
 from cirflow.tasks.lazy import Lazy
 from cirflow.tasks.stage import Context, Params, execute
+
+if TYPE_CHECKING:  # torch: the encoder is only an annotation here, and `--plan` imports this module
+    from cirflow.models.encoder import OpenClipEncoder
 
 
 class EmbedGeneratedParams(Params):
@@ -43,8 +47,12 @@ class EmbedGenerated(EncoderStage):
     def compute(self, ctx: Context, ids):
         generated = ctx.inputs["images"]
         items = [r for i in ids for r in sorted(ctx.scratch["by_id"][i], key=lambda r: r["sample"])]
-        emb, failures = ctx.model("encoder").encode_images_safe([generated.file_path(r["file"]) for r in items], None,
-                                                                progress=ctx.runtime.progress)
+        files = ctx.scratch.setdefault("files", ItemFiles(generated))
+        # the encoder's loader opens paths: images kept in side-table shards are written to a scratch folder
+        # for the shard (separate image files of older artifacts are opened where they are)
+        with tempfile.TemporaryDirectory(prefix="cirflow-generated-") as scratch:
+            emb, failures = ctx.model("encoder").encode_images_safe([files.local_path(r, scratch) for r in items],
+                                                                    None, progress=ctx.runtime.progress)
         bad = {i for i, _ in failures}
         ctx.scratch["unreadable"] += len(bad)
         flat = [(r["id"], r["sample"], "") for k, r in enumerate(items) if k not in bad]

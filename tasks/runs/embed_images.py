@@ -8,15 +8,19 @@ same folder never share features. Shared helpers: tasks/embeddings.py.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 
-from cirflow.models.encoder import OpenClipEncoder
 from cirflow.schemas.encoder import EncoderConfig
 from cirflow.storage import Artifact, ArtifactStore
 from cirflow.tasks.embeddings import EncoderRuntime, EncoderStage, embeddings_output, embeddings_table, encoder_runtime
 from cirflow.tasks.lazy import Lazy
 from cirflow.tasks.stage import Context, Params, execute
+
+if TYPE_CHECKING:  # torch: the encoder is only an annotation here, and `--plan` imports this module
+    from cirflow.models.encoder import OpenClipEncoder
 
 FAILURES = pa.schema([("id", pa.string()), ("path", pa.string()), ("error", pa.string())])
 

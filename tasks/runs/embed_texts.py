@@ -9,15 +9,17 @@ same folder never share features. Shared helpers: tasks/embeddings.py.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from cirflow.models.encoder import OpenClipEncoder
 from cirflow.schemas.encoder import EncoderConfig
 from cirflow.schemas.errors import CirflowError
 from cirflow.storage import Artifact, ArtifactStore
 from cirflow.tasks.embeddings import EncoderRuntime, EncoderStage, embeddings_output, encoder_runtime, reduce_samples
 from cirflow.tasks.lazy import Lazy
 from cirflow.tasks.stage import Context, Params, execute
+
+if TYPE_CHECKING:  # torch: the encoder is only an annotation here, and `--plan` imports this module
+    from cirflow.models.encoder import OpenClipEncoder
 
 
 class EmbedTextsParams(Params):

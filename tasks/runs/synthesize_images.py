@@ -4,9 +4,11 @@ retrieval can use the edits as visual queries.
 
 Work is sharded over queries; a shard generates `cfg.num_images` images per query in batches of
 `cfg.batch_size`. Each image has its own seed, `item_seed(cfg.seed, f"{query_id}:{n}")`, and its own CPU
-generator, so which query shares a batch with which does not decide what is drawn. Images are PNG files in the
-artifact folder (`images/<sha1(query_id)[:16]>-<n>.png`), written before the shard's GENERATED_IMAGES table is
-committed: a committed shard always points at complete files, and a resumed run never regenerates them.
+generator, so which query shares a batch with which does not decide what is drawn. Images are PNG bytes in the
+shard's `images` side table (storage/item_files.py: one object per shard, not per image), committed before the
+shard's GENERATED_IMAGES table, whose rows then have `file` = null; read them with `ItemFiles(artifact)`.
+Artifacts written before issue 14 hold one PNG file per image (`images/<sha1(query_id)[:16]>-<n>.png`, named by
+`file`) and read the same way.
 
 Reproducibility: the same config, shard_size and batch_size give byte-identical PNGs (across runs and across
 kill/resume). Changing batch_size or shard_size (runtime settings, not in the key) changes the batch
@@ -22,7 +24,6 @@ and the reason; they are counted in stats, never dropped.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import textwrap
 import time
@@ -35,19 +36,16 @@ from PIL import Image
 
 from cirflow.models.images import load_image
 from cirflow.schemas.diffusion import DiffusionConfig
-from cirflow.schemas.errors import CirflowError
+from cirflow.schemas.errors import CirflowError, StoreError
 from cirflow.schemas.tables import GENERATED_IMAGES
 from cirflow.storage import Artifact, ArtifactStore, item_seed
+from cirflow.storage.item_files import ITEM_SCHEMA, ITEM_TABLE, ItemFiles, item_table
 from cirflow.storage.manifest import COMMITS, MANIFEST
 from cirflow.storage.store import sha256_bytes
 from cirflow.tasks.lazy import Lazy
 from cirflow.tasks.stage import Context, Params, Runtime, Stage, execute
 
 FALLBACKS = ("modification", "fail")
-
-
-def blob_name(query_id: str, sample: int) -> str:
-    return f"images/{hashlib.sha1(query_id.encode()).hexdigest()[:16]}-{sample}.png"
 
 
 class SynthesizeParams(Params):
@@ -66,7 +64,7 @@ class SynthesizeImages(Stage):
     name, version = "synthesize_images", "1"
     Params, Runtime = SynthesizeParams, SynthesizeRuntime
     inputs = ("bench", "texts")
-    outputs = {"data": GENERATED_IMAGES}
+    outputs = {"data": GENERATED_IMAGES, ITEM_TABLE: ITEM_SCHEMA}
     models = ("pipeline",)
     shardable = True
 
@@ -88,8 +86,8 @@ class SynthesizeImages(Stage):
                 raise CirflowError(f"synthesize_images: the given pipeline was loaded for "
                                    f"{load_fields(backend.get().cfg)}, not {load_fields(cfg)}")
             ctx.scratch["checked"] = True
-        rows = _synthesize(ctx.run, backend, cfg, queries, ctx.scratch["images"], ctx.scratch["prompts"])
-        return pa.Table.from_pylist(rows, schema=GENERATED_IMAGES)
+        rows, pngs = _synthesize(backend, cfg, queries, ctx.scratch["images"], ctx.scratch["prompts"])
+        return {ITEM_TABLE: item_table(pngs), "data": pa.Table.from_pylist(rows, schema=GENERATED_IMAGES)}
 
     def model_factory(self, slot: str, ctx: Context):
         return _loader(ctx.params.diffusion)()
@@ -170,10 +168,11 @@ def _prompts(queries: list[dict], texts: Artifact | None, fallback: str | None) 
     return prompts, fallbacks
 
 
-def _synthesize(run_, backend: Lazy, cfg: DiffusionConfig, queries: list[dict], images: dict,
-                prompts: dict[str, str]) -> list[dict]:
-    """Rows of one shard (query order, then sample order); image files are written before returning."""
+def _synthesize(backend: Lazy, cfg: DiffusionConfig, queries: list[dict], images: dict,
+                prompts: dict[str, str]) -> tuple[list[dict], list[tuple[str, int, bytes]]]:
+    """Rows of one shard (query order, then sample order) and the PNGs of its ok rows (id, sample, bytes)."""
     rows: dict[tuple[str, int], dict] = {}
+    pngs: dict[tuple[str, int], bytes] = {}
     todo = []  # (query_id, sample, image, prompt, seed)
     for q in queries:
         qid, prompt = q["query_id"], prompts[q["query_id"]]
@@ -198,10 +197,11 @@ def _synthesize(run_, backend: Lazy, cfg: DiffusionConfig, queries: list[dict], 
                 continue
             buf = io.BytesIO()
             result.save(buf, format="PNG")
-            name = blob_name(qid, n)
-            digest, _ = run_.write_blob(name, buf.getvalue())
-            rows[qid, n] = _row(qid, n, seed, prompt, file=name, sha256=digest, size=result.size, seconds=secs)
-    return [rows[q["query_id"], n] for q in queries for n in range(cfg.num_images)]
+            pngs[qid, n] = buf.getvalue()
+            rows[qid, n] = _row(qid, n, seed, prompt, sha256=sha256_bytes(pngs[qid, n]), size=result.size,
+                                seconds=secs)
+    order = [(q["query_id"], n) for q in queries for n in range(cfg.num_images)]
+    return [rows[k] for k in order], [(*k, pngs[k]) for k in order if k in pngs]
 
 
 def _edit_batch(backend: Lazy, batch: list[tuple], cfg: DiffusionConfig):
@@ -265,21 +265,26 @@ def verify_images(artifact: Artifact) -> list[str]:
 
 def _image_problems(artifact: Artifact) -> list[tuple[str, int, str]]:
     problems = []
+    files = ItemFiles(artifact)
     t = artifact.read(columns=["id", "sample", "file", "sha256", "width", "height", "status"])
     for r in t.to_pylist():
         if r["status"] != "ok":
             continue
         bad = lambda why: problems.append((r["id"], r["sample"], why))  # noqa: E731
-        if not r["file"] or not r["sha256"]:
-            bad("status ok but no file/sha256 recorded")
+        if not r["sha256"]:
+            bad("status ok but no sha256 recorded")
             continue
+        what = r["file"] or f"image {r['id']}#{r['sample']}"
         try:
-            data = artifact.read_blob(r["file"])
+            data = files.read({**r, "sha256": None})  # checked against the row's sha256 below
         except FileNotFoundError:
-            bad(f"{r['file']} is missing")
+            bad(f"{what} is missing")
+            continue
+        except StoreError as e:
+            bad(f"{what}: {e}")
             continue
         if sha256_bytes(data) != r["sha256"]:
-            bad(f"{r['file']} checksum mismatch (file is corrupt or was replaced)")
+            bad(f"{what} checksum mismatch (file is corrupt or was replaced)")
             continue
         try:
             with Image.open(io.BytesIO(data)) as im:
@@ -303,6 +308,7 @@ def image_grid(artifact: Artifact, bench: Artifact, out_path: str | Path, n_quer
     import matplotlib.pyplot as plt
 
     t = artifact.read().to_pylist()
+    files = ItemFiles(artifact)
     order = list(dict.fromkeys(r["id"] for r in t))[:n_queries]
     by_q = {qid: sorted((r for r in t if r["id"] == qid), key=lambda r: r["sample"]) for qid in order}
     queries = {q["query_id"]: q for q in bench.read("queries", columns=["query_id", "reference_id"]).to_pylist()}
@@ -325,7 +331,7 @@ def image_grid(artifact: Artifact, bench: Artifact, out_path: str | Path, n_quer
         for j, r in enumerate(by_q[qid], start=1):
             ax = axes[i, j]
             if r["status"] == "ok":
-                ax.imshow(Image.open(io.BytesIO(artifact.read_blob(r["file"], r["sha256"]))))
+                ax.imshow(Image.open(io.BytesIO(files.read(r))))
                 ax.set_title(f"edit {r['sample']} (seed {r['seed']})", fontsize=8)
             else:
                 _note(ax, f"sample {r['sample']} failed\n{r['error']}")

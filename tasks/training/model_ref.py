@@ -17,7 +17,9 @@ from pathlib import Path
 from cirflow.schemas.errors import StoreError
 from cirflow.storage import Artifact, ArtifactStore
 from cirflow.tasks.training.train import MODEL_DIR, is_local
-from cirflow.training.export import WEIGHTS
+
+# cirflow.training.export.WEIGHTS, spelled here: importing cirflow.training imports torch, which `--plan` must not
+WEIGHTS = "model.safetensors"
 
 
 def find_trained(store: ArtifactStore, ref: str) -> Artifact:

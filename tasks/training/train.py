@@ -16,7 +16,8 @@ Checkpoints: on a local store they live in the artifact folder, `<store>/<stage>
 killed run resumes from there; they are removed once the manifest is written. On an object store they go to a
 local scratch folder keyed the same way (`TrainRuntime.scratch`, default ~/.cache/cirflow/train) and only the
 final files are uploaded — a resume then needs the same machine. Two identical trainings started at once on one
-store would share that folder: start one.
+store would share that folder: the stage takes a whole-stage lease first (tasks/training/lease.py), so the second
+one waits and returns the first one's artifact (status "cached"), or resumes from its checkpoints if it died.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from cirflow.schemas.training import Ref, TrainConfig, TrainSpec
 from cirflow.storage import Artifact, ArtifactStore
+from cirflow.storage.manifest import STORE_FORMAT
 from cirflow.tasks.stage import Context, Params, Runtime, Stage
-from cirflow.training.engine import FINAL
-from cirflow.training.export import FACTORY, factory_json
+from cirflow.tasks.training.lease import TrainingLease
 
 ENGINE_VERSION = "1"  # bump when cirflow.training changes what a run computes
 MODEL_DIR = "model"
@@ -68,6 +69,18 @@ class TrainStage(Stage):
     version: ClassVar[str] = ENGINE_VERSION
 
     def produce(self, ctx: Context) -> None:
+        lease = TrainingLease(ctx.store, ctx.run.dir)
+        if not lease.take(lambda: _committed(ctx), on_wait=_show_wait):
+            ctx.run.report.status = "cached"  # an identical training committed it meanwhile: execute() returns it
+            return
+        try:
+            self._train(ctx)
+        except BaseException:
+            lease.release()  # a failed training frees the key at once (its checkpoints stay for the rerun)
+            raise
+        ctx.scratch["lease"] = lease  # released by execute() after the manifest, once the checkpoints are removed
+
+    def _train(self, ctx: Context) -> None:
         p: TrainParams = ctx.params
         ckpt_dir = checkpoint_dir(ctx.store, self.name, ctx.run.key, ctx.runtime.scratch)
         tables = {name: input_parquet_paths(art, p.tables.get(name, "data"), ckpt_dir / "inputs" / name)
@@ -76,6 +89,8 @@ class TrainStage(Stage):
         train = p.train.model_copy(update={"progress": p.train.progress and ctx.runtime.progress})
         spec = TrainSpec(model=p.model, dataset=dataset, loss=p.loss, collate=p.collate, train=train,
                          ckpt_dir=str(ckpt_dir))
+        # cirflow.training (torch) only when a model trains: `--plan` imports this module and must not pay for torch
+        from cirflow.training.export import FACTORY, factory_json
         from cirflow.training.launch import launch
 
         final = launch(spec)
@@ -91,6 +106,21 @@ class TrainStage(Stage):
 
     def stats(self, ctx: Context) -> dict:
         return dict(ctx.scratch.get("result") or {})
+
+
+def _committed(ctx: Context) -> bool:
+    """Another writer committed this artifact (a valid manifest): `execute()`'s finish() then keeps theirs."""
+    manifest, _ = ctx.store.load_manifest(ctx.run.stage, ctx.run.key)
+    return (manifest is not None and manifest.store_format >= STORE_FORMAT
+            and not Artifact(ctx.store, manifest).problems())
+
+
+def _show_wait(holder: dict) -> None:
+    from cirflow.schemas.progress import current
+
+    line = current()
+    if line is not None:
+        line.detail(f"waiting: pid {holder.get('pid')} on {holder.get('host')} is training this model")
 
 
 class _Cleanup:

@@ -31,9 +31,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cirflow.models.collm.model import CoLLMSettings
-from cirflow.models.collm.vision import preprocess_config
+# torch-free modules only: `--plan` computes these keys without importing torch (issue 14); the model code is
+# named by the Ref targets below and imported by the training engine
+from cirflow.models.tower_preprocess import tower_preprocess
 from cirflow.models.weights import weights_revision
+from cirflow.schemas.collm import CoLLMSettings
 from cirflow.schemas.training import Ref, TrainConfig
 from cirflow.tasks.stage import Context
 from cirflow.tasks.training.model_ref import resolve_model_ref
@@ -94,11 +96,15 @@ def finetune_settings(settings: dict) -> dict:
 def base_identity(settings: dict) -> dict:
     """Which base weights a training starts from (the key's `base`): the vision tower's revision and the LLM
     folder's safetensors sha256."""
-    from cirflow.models.mvft.model import weights_sha256
+    from cirflow.models.mvft.identity import weights_sha256  # not model.py: no torch at `--plan`
 
     s = CoLLMSettings(**settings)
-    return {"vision": s.vision_model, "vision_pretrained": s.vision_pretrained,
-            "vision_revision": weights_revision(s.vision_model, s.vision_pretrained),
+    if s.vision_tower == "blip":  # a local transformers folder, identified like the LLM
+        vision = {"vision": Path(s.vision_model).name, "vision_revision": weights_sha256(s.vision_model)}
+    else:
+        vision = {"vision": s.vision_model, "vision_pretrained": s.vision_pretrained,
+                  "vision_revision": weights_revision(s.vision_model, s.vision_pretrained)}
+    return {**vision,
             "llm": Path(s.llm).name, "llm_revision": weights_sha256(s.llm)}
 
 
@@ -109,7 +115,8 @@ def collm_params(settings: dict, train: TrainConfig, *, triplets: bool = False, 
     s = CoLLMSettings(**settings)  # validates now: a bad field is a config error before any training starts
     if s.init is not None:
         raise ValueError("pass the pre-trained CoLLM as the stage's `init` input, not as a settings path")
-    dataset_kwargs = {"preprocess": preprocess_config(s.vision_model, s.vision_pretrained), "limit": limit}
+    dataset_kwargs = {"preprocess": tower_preprocess(s.vision_tower, s.vision_model, s.vision_pretrained),
+                      "limit": limit}
     return TrainParams(base=base_identity(settings), model=Ref(target=MODEL, kwargs=dict(settings)),
                        dataset=Ref(target=TRIPLETS if triplets else PAIRS, kwargs=dataset_kwargs),
                        loss=Ref(target=TRIPLET_LOSS if triplets else PRETRAIN_LOSS, kwargs=dict(loss or {})),

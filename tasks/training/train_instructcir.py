@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from cirflow.models.collm.vision import preprocess_config
-from cirflow.models.instructcir.model import InstructCIRSettings
+# torch-free modules only: `--plan` computes these keys without importing torch (issue 14)
+from cirflow.models.tower_preprocess import preprocess_config
 from cirflow.models.weights import weights_revision
+from cirflow.schemas.instructcir import InstructCIRSettings
 from cirflow.schemas.training import Ref, TrainConfig
 from cirflow.tasks.training.train import TrainParams, TrainStage
 

@@ -48,7 +48,7 @@ def base_identity(base: str | Path) -> dict:
     """The untrained VLM as a key: weights sha256 + its config's k and d (no path)."""
     import json
 
-    from cirflow.models.mvft.model import SETTINGS_FILE, weights_sha256
+    from cirflow.models.mvft.identity import SETTINGS_FILE, weights_sha256  # not model.py: no torch at `--plan`
     from cirflow.models.weights import file_sha256
 
     p = Path(base)
