@@ -48,27 +48,10 @@ def deferred_servers():
         _DEFERRED.reset(token)
 
 
-def _asks_a_model_server(stage_name: str) -> bool:
-    """Whether the stage called `stage_name` sends requests to an MLLM (every such stage is an MLLMStage; the
-    plan has run the flow, so the stage's module is imported)."""
-    from cirflow.tasks.stage import MLLMStage
-
-    todo, seen = [MLLMStage], set()
-    while todo:
-        cls = todo.pop()
-        if cls in seen:
-            continue
-        seen.add(cls)
-        if getattr(cls, "name", None) == stage_name:
-            return True
-        todo.extend(cls.__subclasses__())
-    return False
-
-
 def _asks(step, retry_failed: bool) -> bool:
     """Whether a planned step sends requests: an MLLM stage computed or resumed, or under `--retry-failed` a
     stored one with failed rows (unknown failures count: only a real plan reads them from the manifest)."""
-    if not _asks_a_model_server(step.stage):
+    if not step.asks_server:
         return False
     if step.status != "cached":
         return True

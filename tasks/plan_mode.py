@@ -55,6 +55,7 @@ class Step:
     # CLI checks only the servers of stages that compute (flows/method.py); None = the stage names none
     models: tuple | None = None
     failed: int | None = None  # failed rows of the stored artifact (cached only): what --retry-failed re-asks
+    asks_server: bool = False  # an MLLMStage: computing it sends requests to its model (server)
 
 
 class Plan:
@@ -64,7 +65,7 @@ class Plan:
         self.seconds = 0.0
 
     def visit(self, st, store: ArtifactStore, inputs: dict, params) -> Artifact | Planned:
-        from cirflow.tasks.stage import key_params  # here: tasks.stage imports this module
+        from cirflow.tasks.stage import MLLMStage, key_params  # here: tasks.stage imports this module
 
         keys = {k: v.key for k, v in inputs.items()}
         identity = canonical(key_params(params))
@@ -73,7 +74,8 @@ class Plan:
         status = "cached" if art is not None else "resumed" if _has_commits(store, st.name, key) else "computed"
         if not any(s.key == key for s in self.steps):  # variants that share an artifact list it once
             failed = int((art.manifest.stats or {}).get("failed") or 0) if art is not None else None
-            self.steps.append(Step(st.name, key, status, keys, _model_configs(params), failed))
+            self.steps.append(Step(st.name, key, status, keys, _model_configs(params), failed,
+                                   asks_server=isinstance(st, MLLMStage)))
         if art is not None:
             return art
         return Planned(st.name, key, status, Manifest(stage=st.name, key=key, version=st.version, params=identity,

@@ -112,12 +112,11 @@ def test_cached_rerun_never_contacts_the_server(tmp_path, mini_bench, tiny_model
 def test_servers_needed_follows_the_plan():
     """The decision itself, on real plans: only an MLLM stage that would compute or resume (or any MLLM stage
     under --retry-failed, or a plan that stopped early) needs its server."""
-    import cirflow.tasks.runs.compose_target_text  # noqa: F401 - the plan has imported every stage it visits
     from cirflow.flows.method import servers_needed
     from cirflow.tasks.plan_mode import Plan, Step
 
     plan = Plan()
-    plan.steps = [Step("ingest", "k1", "computed"), Step("compose_target_text", "k2", "cached"),
+    plan.steps = [Step("ingest", "k1", "computed"), Step("compose_target_text", "k2", "cached", asks_server=True),
                   Step("embed_texts", "k3", "computed")]
     assert not servers_needed(plan)
     assert servers_needed(plan, retry_failed=True)
@@ -208,8 +207,6 @@ def test_only_the_servers_of_computing_stages_are_contacted(tmp_path, mini_bench
 def test_retry_failed_asks_only_for_stages_with_failed_rows():
     """--retry-failed: a cached MLLM stage counts only when its stored artifact has failed rows (a Step's
     `failed`, read from the manifest by the plan; unknown counts), and then only its own server."""
-    import cirflow.tasks.runs.caption_images  # noqa: F401 - the plan has imported every stage it visits
-    import cirflow.tasks.runs.rewrite_caption  # noqa: F401
     from cirflow.flows.method import servers_to_check
     from cirflow.schemas.mllm import MLLMConfig
     from cirflow.tasks.plan_mode import Plan, Step
@@ -217,8 +214,8 @@ def test_retry_failed_asks_only_for_stages_with_failed_rows():
     a = MLLMConfig(backend="http", model="m", base_url="http://127.0.0.1:9/v1")
     b = MLLMConfig(backend="http", model="m", base_url="http://127.0.0.1:10/v1")
     plan = Plan()
-    plan.steps = [Step("caption_images", "k1", "cached", models=(a,), failed=0),
-                  Step("rewrite_caption", "k2", "cached", models=(b,), failed=3)]
+    plan.steps = [Step("caption_images", "k1", "cached", models=(a,), failed=0, asks_server=True),
+                  Step("rewrite_caption", "k2", "cached", models=(b,), failed=3, asks_server=True)]
     assert servers_to_check([a, b], plan) == []
     assert servers_to_check([a, b], plan, retry_failed=True) == [b]
     plan.steps[1].failed = 0
