@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Sequence
 
+from cirflow.models.mllm.protocol import resolve_ref
+
 # keywords that only annotate (JSON Schema 2020-12: `format` is annotation-only)
 _ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$defs", "definitions",
                 "$comment", "format", "deprecated", "readOnly", "writeOnly"}  # fmt: skip
@@ -279,12 +281,10 @@ def compile_schema(schema: dict) -> Grammar:
         return len(g.nodes) - 1
 
     def resolve(ref: str) -> dict:
-        if not ref.startswith("#/"):
-            raise UnsupportedSchema(f"only local $ref is supported, got {ref!r}")
-        node: Any = schema
-        for part in ref[2:].split("/"):
-            node = node[part.replace("~1", "/").replace("~0", "~")]
-        return node
+        try:
+            return resolve_ref(ref, schema)  # the validator's own $ref rule: both read one schema alike
+        except ValueError as e:
+            raise UnsupportedSchema(str(e)) from None
 
     def comp(s: Any) -> int:
         if not isinstance(s, dict) or not s:

@@ -120,7 +120,8 @@ def parse_json_output(text: str | None, schema: dict) -> tuple[Any, str | None]:
     return value, None
 
 
-def _resolve(ref: str, root: dict) -> dict:
+def resolve_ref(ref: str, root: dict) -> dict:
+    """The subschema a local JSON pointer `$ref` ("#/$defs/Box") names in `root`."""
     if not ref.startswith("#/"):
         raise ValueError(f"only local $ref is supported, got {ref!r}")
     node: Any = root
@@ -140,7 +141,7 @@ def _validate(v: Any, schema: dict | bool, root: dict, at: str) -> list[str]:
         if key in _ANNOTATIONS:
             continue
         if key == "$ref":
-            errs += _validate(v, _resolve(want, root), root, at)
+            errs += _validate(v, resolve_ref(want, root), root, at)
         elif key == "type":
             types = [want] if isinstance(want, str) else want
             if not any(_TYPES[t](v) for t in types):
